@@ -1,0 +1,230 @@
+package engine
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole server configuration. The zero value is valid: New
+// fills every unset field with the default named in its comment. Every field
+// can also be set from a YAML config file (key = the yaml tag), an
+// environment variable (SURGE_ + the tag in upper case, '-' as '_') and a
+// command-line flag (--the tag); flags win over the environment, which wins
+// over the file.
+type Config struct {
+	// Listen is the TCP address for WebSocket and HTTP. Default ":8080".
+	Listen string `yaml:"listen" help:"address to listen on (WebSocket and HTTP API)"`
+	// Echo enables the conformance echo endpoint GET /echo. Default false.
+	Echo bool `yaml:"echo" help:"enable the /echo conformance endpoint"`
+	// AllowPublish lets WebSocket clients use the publish op. Default false.
+	AllowPublish bool `yaml:"allow-publish" help:"allow clients to publish over WebSocket"`
+
+	// MaxMessageSize bounds one received WebSocket message (close 1009). Default 1 MiB.
+	MaxMessageSize int64 `yaml:"max-message-size" help:"largest client message in bytes (close 1009 above)"`
+	// MaxHeaderBytes bounds an HTTP request head (431). Default 8 KiB.
+	MaxHeaderBytes int `yaml:"max-header-bytes" help:"largest HTTP request head in bytes (431 above)"`
+	// MaxBodyBytes bounds an HTTP request body (413). Default 1 MiB.
+	MaxBodyBytes int64 `yaml:"max-body-bytes" help:"largest HTTP request body in bytes (413 above)"`
+	// WriteQueueFrames bounds frames waiting for one socket. Default 1024.
+	WriteQueueFrames int `yaml:"write-queue-frames" help:"frames queued per connection before it is closed as a slow consumer"`
+	// WriteQueueBytes bounds bytes waiting for one socket. Default 4 MiB.
+	WriteQueueBytes int `yaml:"write-queue-bytes" help:"bytes queued per connection before it is closed as a slow consumer"`
+
+	// PingInterval: a connection silent this long is pinged. Default 25s.
+	PingInterval time.Duration `yaml:"ping-interval" help:"ping connections silent for this long"`
+	// PongTimeout: a pinged connection silent this long is closed. Default 10s.
+	PongTimeout time.Duration `yaml:"pong-timeout" help:"close pinged connections silent for this long"`
+	// HandshakeTimeout bounds the HTTP request phase. Default 5s.
+	HandshakeTimeout time.Duration `yaml:"handshake-timeout" help:"deadline for a complete HTTP request head"`
+	// CloseTimeout bounds the closing handshake. Default 3s.
+	CloseTimeout time.Duration `yaml:"close-timeout" help:"deadline for the closing handshake"`
+	// ShutdownTimeout bounds a graceful shutdown (used by cmd/surge). Default 10s.
+	ShutdownTimeout time.Duration `yaml:"shutdown-timeout" help:"how long shutdown waits for clients to close"`
+
+	// Workers bounds the handler pool (process-wide). Default 64 × GOMAXPROCS.
+	Workers int `yaml:"workers" help:"handler pool size"`
+	// ReadBufferSize is netpoll's per-connection buffer node size (process-wide). Default 256.
+	ReadBufferSize int `yaml:"read-buffer-size" help:"per-connection read buffer node size in bytes"`
+
+	// LogLevel is debug, info, warn or error. Default info. Used by cmd/surge.
+	LogLevel string `yaml:"log-level" help:"debug, info, warn or error"`
+	// LogFormat is text or json. Default text. Used by cmd/surge.
+	LogFormat string `yaml:"log-format" help:"text or json"`
+}
+
+// Normalize fills the defaults of unset fields that the engine itself owns;
+// component defaults (conn, poller) are filled by New.
+func (c *Config) Normalize() {
+	if c.Listen == "" {
+		c.Listen = ":8080"
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 10 * time.Second
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	if c.LogFormat == "" {
+		c.LogFormat = "text"
+	}
+}
+
+// BindFlags registers one flag per Config field on fs, writing into c.
+func (c *Config) BindFlags(fs *flag.FlagSet) {
+	eachField(c, func(name, help string, v reflect.Value) {
+		fs.Var(fieldValue{v}, name, help)
+	})
+}
+
+// LoadFile reads a YAML config file into c (unknown keys are an error).
+func (c *Config) LoadFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("engine: config file: %w", err)
+	}
+	var raw map[string]any
+	if err := yaml.Unmarshal(b, &raw); err != nil {
+		return fmt.Errorf("engine: config file %s: %w", path, err)
+	}
+	known := map[string]reflect.Value{}
+	eachField(c, func(name, _ string, v reflect.Value) { known[name] = v })
+	for k, val := range raw {
+		v, ok := known[k]
+		if !ok {
+			return fmt.Errorf("engine: config file %s: unknown setting %q", path, k)
+		}
+		if err := (fieldValue{v}).Set(fmt.Sprint(val)); err != nil {
+			return fmt.Errorf("engine: config file %s: %s: %w", path, k, err)
+		}
+	}
+	return nil
+}
+
+// LoadEnv applies SURGE_* variables found by lookup (os.LookupEnv in production).
+func (c *Config) LoadEnv(lookup func(string) (string, bool)) error {
+	var err error
+	eachField(c, func(name, _ string, v reflect.Value) {
+		key := EnvName(name)
+		if s, ok := lookup(key); ok && err == nil {
+			if e := (fieldValue{v}).Set(s); e != nil {
+				err = fmt.Errorf("engine: %s: %w", key, e)
+			}
+		}
+	})
+	return err
+}
+
+// EnvName returns the environment variable for a setting name.
+func EnvName(name string) string {
+	return "SURGE_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// Settings describes every setting with its default, for documentation.
+func Settings() []Setting {
+	var d Config
+	d.Normalize()
+	var out []Setting
+	eachField(&d, func(name, help string, v reflect.Value) {
+		out = append(out, Setting{Name: name, Env: EnvName(name), Help: help, Default: fieldValue{v}.String()})
+	})
+	return out
+}
+
+// Setting documents one configuration setting.
+type Setting struct{ Name, Env, Help, Default string }
+
+func eachField(c *Config, f func(name, help string, v reflect.Value)) {
+	rv := reflect.ValueOf(c).Elem()
+	rt := rv.Type()
+	for i := 0; i < rt.NumField(); i++ {
+		sf := rt.Field(i)
+		name := sf.Tag.Get("yaml")
+		if name == "" || name == "-" {
+			continue
+		}
+		f(name, sf.Tag.Get("help"), rv.Field(i))
+	}
+}
+
+// fieldValue adapts a Config field to flag.Value.
+type fieldValue struct{ v reflect.Value }
+
+func (f fieldValue) String() string {
+	if !f.v.IsValid() {
+		return ""
+	}
+	switch x := f.v.Interface().(type) {
+	case time.Duration:
+		return x.String()
+	default:
+		return fmt.Sprint(x)
+	}
+}
+
+func (f fieldValue) IsBoolFlag() bool { return f.v.IsValid() && f.v.Kind() == reflect.Bool }
+
+func (f fieldValue) Set(s string) error {
+	switch f.v.Interface().(type) {
+	case time.Duration:
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return err
+		}
+		f.v.SetInt(int64(d))
+		return nil
+	}
+	switch f.v.Kind() {
+	case reflect.String:
+		f.v.SetString(s)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return err
+		}
+		f.v.SetBool(b)
+	case reflect.Int, reflect.Int64:
+		n, err := parseSize(s)
+		if err != nil {
+			return err
+		}
+		f.v.SetInt(n)
+	default:
+		return fmt.Errorf("unsupported setting type %s", f.v.Kind())
+	}
+	return nil
+}
+
+// parseSize accepts plain integers and the suffixes KiB, MiB, GiB (or K, M, G).
+func parseSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suf string
+		m   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}} {
+		if strings.HasSuffix(s, u.suf) {
+			s, mult = strings.TrimSuffix(s, u.suf), u.m
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a number", s)
+	}
+	return n * mult, nil
+}
+
+// MarshalJSON renders durations as strings so reports stay readable.
+func (c Config) MarshalJSON() ([]byte, error) {
+	m := map[string]string{}
+	eachField(&c, func(name, _ string, v reflect.Value) { m[name] = fieldValue{v}.String() })
+	return json.Marshal(m)
+}

@@ -1,0 +1,171 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/surgepush/surge/conn"
+	"github.com/surgepush/surge/poller"
+	"github.com/surgepush/surge/topics"
+)
+
+// Errors returned by the engine.
+var (
+	ErrStarted = errors.New("engine: already started")
+)
+
+// Engine is one Surge server.
+type Engine struct {
+	cfg   Config
+	log   *slog.Logger
+	ccfg  conn.Config
+	wheel *conn.Wheel
+	poll  *poller.Poller
+	reg   *topics.Registry
+	mux   *http.ServeMux
+	up    ws.Upgrader
+	prom  *prometheus.Registry
+	start time.Time
+
+	started  atomic.Bool
+	draining atomic.Bool
+	stopOnce sync.Once
+
+	st stats
+}
+
+// Option customises New for one call.
+type Option func(*Engine)
+
+// WithRegistry makes the engine register its metrics on r instead of a
+// registry of its own.
+func WithRegistry(r *prometheus.Registry) Option { return func(e *Engine) { e.prom = r } }
+
+// New builds an engine from cfg (defaults filled in). It does not listen yet.
+func New(cfg Config, log *slog.Logger, opts ...Option) (*Engine, error) {
+	cfg.Normalize()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	e := &Engine{cfg: cfg, log: log, reg: topics.New(), start: time.Now()}
+	for _, o := range opts {
+		o(e)
+	}
+	if e.prom == nil {
+		e.prom = prometheus.NewRegistry()
+	}
+	e.ccfg = conn.Config{
+		MaxHeaderBytes:   cfg.MaxHeaderBytes,
+		MaxBodyBytes:     cfg.MaxBodyBytes,
+		MaxMessageSize:   cfg.MaxMessageSize,
+		WriteQueueFrames: cfg.WriteQueueFrames,
+		WriteQueueBytes:  cfg.WriteQueueBytes,
+		PingInterval:     cfg.PingInterval,
+		PongTimeout:      cfg.PongTimeout,
+		HandshakeTimeout: cfg.HandshakeTimeout,
+		CloseTimeout:     cfg.CloseTimeout,
+	}
+	e.ccfg.Normalize()
+	tick := min(e.ccfg.PingInterval, e.ccfg.PongTimeout, e.ccfg.HandshakeTimeout, e.ccfg.CloseTimeout) / 8
+	tick = max(min(tick, time.Second), 5*time.Millisecond)
+	span := max(e.ccfg.PingInterval, e.ccfg.PongTimeout, e.ccfg.HandshakeTimeout, e.ccfg.CloseTimeout)
+	e.wheel = conn.NewWheel(tick, span)
+	e.up = ws.Upgrader{}
+	var err error
+	e.poll, err = poller.New(poller.Config{Workers: cfg.Workers, BufferSize: cfg.ReadBufferSize}, e, log)
+	if err != nil {
+		return nil, err
+	}
+	e.mux = e.routes()
+	if err := e.registerMetrics(); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Config returns the effective configuration (defaults filled in).
+func (e *Engine) Config() Config { return e.cfg }
+
+// Start listens on Config.Listen and serves until Shutdown. It returns once
+// the listener accepts connections.
+func (e *Engine) Start() error {
+	if !e.started.CompareAndSwap(false, true) {
+		return ErrStarted
+	}
+	raiseFileLimit(e.log)
+	if err := e.poll.Listen("tcp", e.cfg.Listen); err != nil {
+		return err
+	}
+	go e.wheel.Run()
+	e.log.Info("surge listening", "addr", e.Addr(), "echo", e.cfg.Echo,
+		"ping_interval", e.ccfg.PingInterval, "pong_timeout", e.ccfg.PongTimeout)
+	return nil
+}
+
+// Addr returns the listening address as host:port (valid after Start).
+func (e *Engine) Addr() string {
+	a := e.poll.Addr()
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}
+
+// Draining reports whether Shutdown has begun.
+func (e *Engine) Draining() bool { return e.draining.Load() }
+
+// Shutdown stops accepting, sends close 1001 to every connection, waits for
+// them to close until ctx is done, then closes whatever is left.
+func (e *Engine) Shutdown(ctx context.Context) error {
+	if !e.started.Load() {
+		return nil
+	}
+	var err error
+	e.stopOnce.Do(func() {
+		e.draining.Store(true)
+		for _, c := range e.wheel.Snapshot() {
+			c.Close(ws.StatusGoingAway, conn.ReasonShutdown, "server shutting down")
+		}
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+	wait:
+		for e.poll.Conns() > 0 {
+			select {
+			case <-ctx.Done():
+				err = ctx.Err()
+				break wait
+			case <-tick.C:
+			}
+		}
+		closeCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if cerr := e.poll.Close(closeCtx); cerr != nil && err == nil && e.poll.Conns() > 0 {
+			err = fmt.Errorf("engine: closing listener: %w", cerr)
+		}
+		e.wheel.Stop(true)
+		e.log.Info("surge stopped", "remaining", e.poll.Conns())
+	})
+	return err
+}
+
+// Open implements poller.Handler: every accepted socket becomes a session.
+func (e *Engine) Open(t *poller.Conn) poller.Events {
+	s := &session{e: e}
+	s.Init(t, s, &e.ccfg, e.wheel)
+	e.st.accepted.Add(1)
+	if e.draining.Load() {
+		s.RejectHTTP(&conn.HTTPError{Status: http.StatusServiceUnavailable, Msg: "server shutting down", Header: "Retry-After: 5\r\n"})
+	}
+	return s
+}
+
+var _ poller.Handler = (*Engine)(nil)

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package engine
+
+import "log/slog"
+
+func raiseFileLimit(*slog.Logger) {}

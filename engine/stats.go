@@ -1,0 +1,191 @@
+package engine
+
+import (
+	"log/slog"
+	"net/http"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/surgepush/surge/conn"
+)
+
+// stats are the engine's counters; /v1/stats and /metrics read them.
+type stats struct {
+	accepted     atomic.Int64
+	upgraded     atomic.Int64
+	handshakeBad atomic.Int64
+	wsOpen       atomic.Int64
+	httpRequests atomic.Int64
+	httpBad      atomic.Int64
+	published    atomic.Int64
+	msgIn        atomic.Int64
+	msgOut       atomic.Int64
+	bytesIn      atomic.Int64
+	bytesOut     atomic.Int64
+	drops        atomic.Int64
+	closes       [conn.NumReasons]atomic.Int64
+	wsCloses     [conn.NumReasons]atomic.Int64
+
+	lastHandshakeLog atomic.Int64
+}
+
+func (s *stats) closed(r conn.Reason, ws bool) {
+	s.closes[r].Add(1)
+	if ws {
+		s.wsCloses[r].Add(1)
+	}
+}
+
+// handshakeFail counts a rejected upgrade and logs it, at most once a second.
+func (s *stats) handshakeFail(log *slog.Logger, what string, err error) {
+	s.handshakeBad.Add(1)
+	now := time.Now().Unix()
+	if last := s.lastHandshakeLog.Load(); last != now && s.lastHandshakeLog.CompareAndSwap(last, now) {
+		log.Info("handshake rejected", "reason", what, "err", err, "total", s.handshakeBad.Load())
+	}
+}
+
+// Stats is the JSON document served at GET /v1/stats.
+type Stats struct {
+	Connections       int64            `json:"connections"`
+	Sockets           int64            `json:"sockets"`
+	ConnectionsOpened int64            `json:"connections_opened"`
+	Accepted          int64            `json:"accepted"`
+	HandshakeFailures int64            `json:"handshake_failures"`
+	Subscriptions     int              `json:"subscriptions"`
+	Topics            int              `json:"topics"`
+	Published         int64            `json:"published"`
+	MessagesIn        int64            `json:"messages_in"`
+	MessagesOut       int64            `json:"messages_out"`
+	BytesIn           int64            `json:"bytes_in"`
+	BytesOut          int64            `json:"bytes_out"`
+	Drops             int64            `json:"drops"`
+	Closes            map[string]int64 `json:"closes"`
+	Evictions         map[string]int64 `json:"evictions"`
+	HTTPRequests      int64            `json:"http_requests"`
+	RSSBytes          int64            `json:"rss_bytes"`
+	HeapInuseBytes    uint64           `json:"heap_inuse_bytes"`
+	HeapAllocBytes    uint64           `json:"heap_alloc_bytes"`
+	Goroutines        int              `json:"goroutines"`
+	UptimeSeconds     float64          `json:"uptime_seconds"`
+	Draining          bool             `json:"draining"`
+}
+
+// Stats returns a snapshot of the engine's counters.
+func (e *Engine) Stats() Stats {
+	nt, ns := e.reg.Count()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	st := Stats{
+		Connections:       e.st.wsOpen.Load(),
+		Sockets:           e.poll.Conns(),
+		ConnectionsOpened: e.st.upgraded.Load(),
+		Accepted:          e.st.accepted.Load(),
+		HandshakeFailures: e.st.handshakeBad.Load(),
+		Subscriptions:     ns,
+		Topics:            nt,
+		Published:         e.st.published.Load(),
+		MessagesIn:        e.st.msgIn.Load(),
+		MessagesOut:       e.st.msgOut.Load(),
+		BytesIn:           e.st.bytesIn.Load(),
+		BytesOut:          e.st.bytesOut.Load(),
+		Drops:             e.st.drops.Load(),
+		Closes:            map[string]int64{},
+		Evictions:         map[string]int64{},
+		HTTPRequests:      e.st.httpRequests.Load(),
+		RSSBytes:          readRSS(),
+		HeapInuseBytes:    ms.HeapInuse,
+		HeapAllocBytes:    ms.HeapAlloc,
+		Goroutines:        runtime.NumGoroutine(),
+		UptimeSeconds:     time.Since(e.start).Seconds(),
+		Draining:          e.draining.Load(),
+	}
+	for _, r := range conn.Reasons() {
+		if n := e.st.wsCloses[r].Load(); n > 0 {
+			st.Closes[r.String()] = n
+		}
+		if isEviction(r) {
+			st.Evictions[r.String()] = e.st.closes[r].Load()
+		}
+	}
+	return st
+}
+
+// isEviction reports whether the server, not the client, ended the connection
+// because of the client's behaviour.
+func isEviction(r conn.Reason) bool {
+	switch r {
+	case conn.ReasonPingTimeout, conn.ReasonWriteQueueFull, conn.ReasonProtocolError,
+		conn.ReasonInvalidPayload, conn.ReasonTooBig, conn.ReasonHandshakeTimeout, conn.ReasonPolicy:
+		return true
+	}
+	return false
+}
+
+func (e *Engine) handleStats(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, e.Stats())
+}
+
+// readRSS returns the resident set size from /proc/self/statm, or 0.
+func readRSS() int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseInt(f[1], 10, 64)
+	return pages * int64(os.Getpagesize())
+}
+
+func (e *Engine) registerMetrics() error {
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	counter := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
+	}
+	cs := []prometheus.Collector{
+		gauge("surge_connections", "Open WebSocket connections.", func() float64 { return float64(e.st.wsOpen.Load()) }),
+		gauge("surge_sockets", "Open TCP sockets (WebSocket, HTTP and handshaking).", func() float64 { return float64(e.poll.Conns()) }),
+		counter("surge_connections_opened_total", "WebSocket upgrades completed.", func() float64 { return float64(e.st.upgraded.Load()) }),
+		counter("surge_handshake_failures_total", "Upgrade requests rejected.", func() float64 { return float64(e.st.handshakeBad.Load()) }),
+		counter("surge_messages_published_total", "Messages published.", func() float64 { return float64(e.st.published.Load()) }),
+		counter("surge_messages_in_total", "WebSocket messages received.", func() float64 { return float64(e.st.msgIn.Load()) }),
+		counter("surge_messages_delivered_total", "Messages queued to subscribers.", func() float64 { return float64(e.st.msgOut.Load()) }),
+		counter("surge_bytes_in_total", "WebSocket payload bytes received.", func() float64 { return float64(e.st.bytesIn.Load()) }),
+		counter("surge_bytes_delivered_total", "Payload bytes queued to subscribers.", func() float64 { return float64(e.st.bytesOut.Load()) }),
+		&closeCollector{e: e, desc: prometheus.NewDesc("surge_connections_closed_total",
+			"Closed sockets by reason.", []string{"reason"}, nil)},
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	}
+	for _, c := range cs {
+		if err := e.prom.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type closeCollector struct {
+	e    *Engine
+	desc *prometheus.Desc
+}
+
+func (c *closeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *closeCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, r := range conn.Reasons() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(c.e.st.closes[r].Load()), r.String())
+	}
+}
