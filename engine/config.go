@@ -54,6 +54,10 @@ type Config struct {
 	// ReadBufferSize is netpoll's per-connection buffer node size (process-wide). Default 256.
 	ReadBufferSize int `yaml:"read-buffer-size" help:"per-connection read buffer node size in bytes"`
 
+	// PprofListen, when set, serves net/http/pprof on a separate admin
+	// listener (e.g. 127.0.0.1:6060). Default off.
+	PprofListen string `yaml:"pprof-listen" help:"admin address for /debug/pprof (off when empty; bind it to localhost)"`
+
 	// LogLevel is debug, info, warn or error. Default info. Used by cmd/surge.
 	LogLevel string `yaml:"log-level" help:"debug, info, warn or error"`
 	// LogFormat is text or json. Default text. Used by cmd/surge.

@@ -40,7 +40,8 @@ type Engine struct {
 	draining atomic.Bool
 	stopOnce sync.Once
 
-	st stats
+	st    stats
+	admin *http.Server
 }
 
 // Option customises New for one call.
@@ -106,6 +107,11 @@ func (e *Engine) Start() error {
 		return err
 	}
 	go e.wheel.Run()
+	if e.cfg.PprofListen != "" {
+		if err := e.startPprof(); err != nil {
+			return err
+		}
+	}
 	e.log.Info("surge listening", "addr", e.Addr(), "echo", e.cfg.Echo,
 		"ping_interval", e.ccfg.PingInterval, "pong_timeout", e.ccfg.PongTimeout)
 	return nil
@@ -152,6 +158,9 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 			err = fmt.Errorf("engine: closing listener: %w", cerr)
 		}
 		e.wheel.Stop(true)
+		if e.admin != nil {
+			_ = e.admin.Close()
+		}
 		e.log.Info("surge stopped", "remaining", e.poll.Conns())
 	})
 	return err

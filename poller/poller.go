@@ -60,6 +60,7 @@ func (c *Config) normalize() {
 
 // process holds netpoll's process-wide setup; see the package doc.
 type process struct {
+	trim trimmer
 	once sync.Once
 	pool *ants.Pool
 	err  error
@@ -173,6 +174,7 @@ func (p *Poller) Close(ctx context.Context) error {
 }
 
 func (p *Poller) onPrepare(nc netpoll.Connection) context.Context {
+	netpollProcess.trim.trim(nc)
 	c := &Conn{nc: nc, p: p, fd: int32(nc.(interface{ Fd() int }).Fd())}
 	p.conns.Add(1)
 	_ = nc.AddCloseCallback(c.onClosed)
