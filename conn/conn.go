@@ -99,6 +99,7 @@ type readState struct {
 	fragmented bool      // a fragmented data message is being assembled
 	fragOp     ws.OpCode // its opcode
 	msg        []byte    // data payload assembled so far
+	checked    int       // bytes of msg known to be complete valid UTF-8 (text)
 	ctl        [ws.MaxControlFramePayloadSize]byte
 	ctlN       int
 }
@@ -323,6 +324,9 @@ func (c *Conn) continuePayload(p []byte) []byte {
 		rd.ctlN += copy(rd.ctl[rd.ctlN:], chunk)
 	} else {
 		rd.msg = append(rd.msg, chunk...)
+		if c.isText(rd.fh) && !c.checkUTF8() {
+			return nil
+		}
 	}
 	rd.done += k
 	rd.remaining -= k
@@ -380,22 +384,70 @@ func (c *Conn) onFrame(h ws.Header, payload []byte, inPlace bool) bool {
 		}
 		if inPlace {
 			rd.msg = append(rd.msg, payload...)
+			if rd.fragOp == ws.OpText && !c.checkUTF8() {
+				return false
+			}
 		}
 		if !h.Fin {
 			return true
 		}
 		op, msg := rd.fragOp, rd.msg
-		rd.fragmented, rd.msg = false, rd.msg[:0]
+		complete := rd.checked == len(msg)
+		rd.fragmented, rd.msg, rd.checked = false, rd.msg[:0], 0
+		if op == ws.OpText && !complete {
+			c.fail(ws.StatusInvalidFramePayloadData, ReasonInvalidPayload, "invalid UTF-8 in text message")
+			return false
+		}
 		return c.deliver(op, msg)
+	}
+	if h.OpCode == ws.OpText && !utf8.Valid(payload) {
+		c.fail(ws.StatusInvalidFramePayloadData, ReasonInvalidPayload, "invalid UTF-8 in text message")
+		return false
 	}
 	return c.deliver(h.OpCode, payload)
 }
 
-func (c *Conn) deliver(op ws.OpCode, msg []byte) bool {
-	if op == ws.OpText && !utf8.Valid(msg) {
+func (c *Conn) isText(h ws.Header) bool {
+	return h.OpCode == ws.OpText || h.OpCode == ws.OpContinuation && c.rd.fragOp == ws.OpText
+}
+
+// checkUTF8 validates the text assembled so far, failing the connection
+// (1007) at the first invalid byte rather than at the end of the message, so
+// a peer cannot make us buffer a message that is already known to be bad.
+// A sequence cut at the end of what has arrived is not an error yet.
+func (c *Conn) checkUTF8() bool {
+	rd := c.rd
+	n, bad := utf8Prefix(rd.msg[rd.checked:])
+	rd.checked += n
+	if bad {
 		c.fail(ws.StatusInvalidFramePayloadData, ReasonInvalidPayload, "invalid UTF-8 in text message")
 		return false
 	}
+	return true
+}
+
+// utf8Prefix returns the length of the longest prefix of b made of complete,
+// valid UTF-8 sequences, and whether what follows it is invalid (as opposed
+// to an incomplete sequence at the very end).
+func utf8Prefix(b []byte) (n int, bad bool) {
+	if utf8.Valid(b) {
+		return len(b), false
+	}
+	for n < len(b) {
+		if b[n] < utf8.RuneSelf {
+			n++
+			continue
+		}
+		r, size := utf8.DecodeRune(b[n:])
+		if r == utf8.RuneError && size == 1 {
+			return n, utf8.FullRune(b[n:])
+		}
+		n += size
+	}
+	return n, false
+}
+
+func (c *Conn) deliver(op ws.OpCode, msg []byte) bool {
 	if c.state.Load() != stateOpen {
 		return true // closing: data after our close frame is dropped (RFC 6455 §1.4)
 	}

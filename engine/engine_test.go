@@ -275,6 +275,7 @@ func TestProtocolErrorsCloseWithCode(t *testing.T) {
 		{"text inside fragmented", append(frame(0x01, []byte("a"), true), frame(0x81, []byte("b"), true)...), 1002},
 		{"bad utf8", frame(0x81, []byte{0xff, 0xfe}, true), 1007},
 		{"bad utf8 fragmented", append(frame(0x01, []byte{0xce}, true), frame(0x80, []byte{0xff}, true)...), 1007},
+		{"bad utf8 fails fast in a fragment", append(frame(0x01, []byte("ok"), true), frame(0x00, []byte{0xed, 0xa0, 0x80}, true)...), 1007},
 		{"close one byte", frame(0x88, []byte{0x03}, true), 1002},
 		{"close code 1005", frame(0x88, []byte{0x03, 0xed}, true), 1002},
 		{"close code 1006", frame(0x88, []byte{0x03, 0xee}, true), 1002},
