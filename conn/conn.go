@@ -56,6 +56,7 @@ const (
 	flagCloseReply              // waiting for the peer's close frame
 	flagDiscardRead             // the connection failed: ignore further input
 	flagNotified                // OnClose was called
+	flagServedHTTP              // at least one HTTP request was answered (keep-alive)
 )
 
 var errBadVersion = errors.New("conn: unsupported Sec-WebSocket-Version")
@@ -624,6 +625,7 @@ func (c *Conn) WriteHTTP(resp []byte, keepAlive bool) {
 		c.mark = c.w.Now() + c.cfg.CloseTimeout.Milliseconds()
 	} else {
 		c.mu.Lock()
+		c.flags |= flagServedHTTP
 		c.mark = c.w.Now() + c.cfg.HandshakeTimeout.Milliseconds()
 	}
 	c.appendLocked(resp)
@@ -802,6 +804,9 @@ func (c *Conn) heartbeat(now int64) int64 {
 		if now >= c.mark {
 			if c.reason == ReasonNone {
 				c.reason = ReasonHandshakeTimeout
+				if c.flags&flagServedHTTP != 0 {
+					c.reason = ReasonHTTPDone // an idle keep-alive connection
+				}
 			}
 			c.state.Store(stateClosing)
 			closeIt = true

@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/surgepush/surge/conn"
+	"github.com/surgepush/surge/poller"
 )
 
 // Config is the whole server configuration. The zero value is valid: New
@@ -49,7 +52,8 @@ type Config struct {
 	// ShutdownTimeout bounds a graceful shutdown (used by cmd/surge). Default 10s.
 	ShutdownTimeout time.Duration `yaml:"shutdown-timeout" help:"how long shutdown waits for clients to close"`
 
-	// Workers bounds the handler pool (process-wide). Default 64 × GOMAXPROCS.
+	// Workers bounds the handler pool (process-wide). Default 64 × GOMAXPROCS
+	// (the docs show the value on the machine that generated them).
 	Workers int `yaml:"workers" help:"handler pool size"`
 	// ReadBufferSize is netpoll's per-connection buffer node size (process-wide). Default 256.
 	ReadBufferSize int `yaml:"read-buffer-size" help:"per-connection read buffer node size in bytes"`
@@ -70,6 +74,23 @@ func (c *Config) Normalize() {
 	if c.Listen == "" {
 		c.Listen = ":8080"
 	}
+	// Component defaults live with the components; copy them here so that
+	// help, docs and /v1/stats show the values in force.
+	var cc conn.Config
+	cc.Normalize()
+	setDefault(&c.MaxMessageSize, cc.MaxMessageSize)
+	setDefault(&c.MaxHeaderBytes, cc.MaxHeaderBytes)
+	setDefault(&c.MaxBodyBytes, cc.MaxBodyBytes)
+	setDefault(&c.WriteQueueFrames, cc.WriteQueueFrames)
+	setDefault(&c.WriteQueueBytes, cc.WriteQueueBytes)
+	setDefault(&c.PingInterval, cc.PingInterval)
+	setDefault(&c.PongTimeout, cc.PongTimeout)
+	setDefault(&c.HandshakeTimeout, cc.HandshakeTimeout)
+	setDefault(&c.CloseTimeout, cc.CloseTimeout)
+	var pc poller.Config
+	pc.Normalize()
+	setDefault(&c.Workers, pc.Workers)
+	setDefault(&c.ReadBufferSize, pc.BufferSize)
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 10 * time.Second
 	}
@@ -78,6 +99,12 @@ func (c *Config) Normalize() {
 	}
 	if c.LogFormat == "" {
 		c.LogFormat = "text"
+	}
+}
+
+func setDefault[T int | int64 | time.Duration](v *T, d T) {
+	if *v <= 0 {
+		*v = d
 	}
 }
 

@@ -49,7 +49,8 @@ type Config struct {
 	Loops int
 }
 
-func (c *Config) normalize() {
+// Normalize fills the defaults of unset fields.
+func (c *Config) Normalize() {
 	if c.Workers <= 0 {
 		c.Workers = 64 * runtime.GOMAXPROCS(0)
 	}
@@ -122,7 +123,7 @@ type Poller struct {
 
 // New creates a Poller. It does not listen yet.
 func New(cfg Config, h Handler, log *slog.Logger) (*Poller, error) {
-	cfg.normalize()
+	cfg.Normalize()
 	pool, err := netpollProcess.setup(cfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("poller: setup: %w", err)

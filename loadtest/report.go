@@ -1,0 +1,144 @@
+package loadtest
+
+import (
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// IdleReport is the machine-readable result of one Idle run. Every field is
+// always present in its JSON form except those marked omitempty.
+type IdleReport struct {
+	Scenario    string           `json:"scenario"` // "idle"
+	Config      IdleReportConfig `json:"config"`
+	StartedAt   time.Time        `json:"started_at"`
+	DurationS   float64          `json:"duration_s"`
+	Interrupted bool             `json:"interrupted"` // the context ended the run early
+
+	// Attempted connections were dialed; Connected completed the WebSocket
+	// handshake; Failed did not (by cause: refused, timeout, handshake, reset,
+	// eof, no_port, fd_limit, canceled, other). NotAttempted were never
+	// dialed because the run was stopped or the connect phase hit its
+	// deadline.
+	Attempted     int64            `json:"attempted"`
+	Connected     int64            `json:"connected"`
+	Failed        int64            `json:"failed"`
+	FailedByCause map[string]int64 `json:"failed_by_cause"`
+	NotAttempted  int64            `json:"not_attempted"`
+	// FailRatio is (Conns − Connected + Lost) / Conns: the share of the
+	// requested connections that did not stay open until the generator
+	// closed them.
+	FailRatio float64 `json:"fail_ratio"`
+
+	// ConnectLatencyMs is TCP connect plus WebSocket upgrade, successful
+	// connections only.
+	ConnectLatencyMs LatencySummary `json:"connect_latency_ms"`
+	// RampS is from the first dial to the last successful handshake;
+	// ConnectRate is Connected / RampS.
+	RampS       float64 `json:"ramp_s"`
+	ConnectRate float64 `json:"connect_rate"`
+
+	OpenAfterConnect int64 `json:"open_after_connect"`
+	OpenAfterHold    int64 `json:"open_after_hold"`
+	// ClosesDuringConnect and ClosesDuringHold count connections the server
+	// ended before the generator began closing, by close code ("1001", …;
+	// "1005" a close frame without a code; "1006" the connection was lost
+	// without a close frame). Lost is their total.
+	ClosesDuringConnect map[string]int64 `json:"closes_during_connect"`
+	ClosesDuringHold    map[string]int64 `json:"closes_during_hold"`
+	Lost                int64            `json:"lost"`
+
+	PingsAnswered    int64 `json:"pings_answered"`
+	MessagesReceived int64 `json:"messages_received"` // data frames
+	BytesReceived    int64 `json:"bytes_received"`    // data frame payload bytes
+
+	// ClosedClean connections answered the generator's close (1000) with a
+	// close frame within CloseWait; ClosedUnclean did not.
+	ClosedClean   int64 `json:"closed_clean"`
+	ClosedUnclean int64 `json:"closed_unclean"`
+
+	Server ServerPhases `json:"server"`
+	// ServerBytesPerConn is (after_connect − before) / OpenAfterConnect for
+	// the server's rss_bytes and heap_inuse_bytes; omitted when the server did
+	// not report them.
+	ServerBytesPerConn *BytesPerConn `json:"server_bytes_per_conn,omitempty"`
+
+	Generator GeneratorPhases `json:"generator"`
+	// GeneratorBytesPerConn is the same difference for this process.
+	GeneratorBytesPerConn *BytesPerConn `json:"generator_bytes_per_conn,omitempty"`
+}
+
+// IdleReportConfig is the effective configuration (defaults filled in).
+type IdleReportConfig struct {
+	URL              string   `json:"url"`
+	StatsURL         string   `json:"stats_url"` // empty: stats disabled
+	Conns            int      `json:"conns"`
+	Rate             float64  `json:"rate"`
+	Topics           int      `json:"topics"` // 0: no topic subscribed
+	TopicPrefix      string   `json:"topic_prefix"`
+	HoldS            float64  `json:"hold_s"`
+	ConnectTimeoutS  float64  `json:"connect_timeout_s"`
+	ConnectPhaseMaxS float64  `json:"connect_phase_max_s"`
+	CloseWaitS       float64  `json:"close_wait_s"`
+	SourceIPs        []string `json:"source_ips"`
+	AllowRemote      bool     `json:"allow_remote"`
+}
+
+// LatencySummary is a latency distribution in milliseconds.
+type LatencySummary struct {
+	Count int64   `json:"count"`
+	Mean  float64 `json:"mean"`
+	P50   float64 `json:"p50"`
+	P90   float64 `json:"p90"`
+	P99   float64 `json:"p99"`
+	P999  float64 `json:"p999"`
+	Max   float64 `json:"max"`
+}
+
+// ServerPhases holds the server's stats before connecting, once all
+// connections are up, and after the hold. A nil phase was not reached.
+type ServerPhases struct {
+	Before       *ServerStats `json:"before"`
+	AfterConnect *ServerStats `json:"after_connect"`
+	AfterHold    *ServerStats `json:"after_hold"`
+}
+
+// GeneratorPhases holds the generator's own memory before connecting and
+// once all connections are up.
+type GeneratorPhases struct {
+	Before       *GeneratorStats `json:"before"`
+	AfterConnect *GeneratorStats `json:"after_connect"`
+}
+
+// BytesPerConn is a memory difference divided by the open connections.
+type BytesPerConn struct {
+	RSS       *float64 `json:"rss,omitempty"`
+	HeapInuse *float64 `json:"heap_inuse,omitempty"`
+}
+
+// summarize converts a histogram of microseconds into milliseconds.
+func summarize(h *hdrhistogram.Histogram) LatencySummary {
+	ms := func(us int64) float64 { return float64(us) / 1000 }
+	if h.TotalCount() == 0 {
+		return LatencySummary{}
+	}
+	return LatencySummary{
+		Count: h.TotalCount(),
+		Mean:  h.Mean() / 1000,
+		P50:   ms(h.ValueAtPercentile(50)),
+		P90:   ms(h.ValueAtPercentile(90)),
+		P99:   ms(h.ValueAtPercentile(99)),
+		P999:  ms(h.ValueAtPercentile(99.9)),
+		Max:   ms(h.Max()),
+	}
+}
+
+// perConn returns (after − before) / n, or nil when either side is unknown
+// or n is not positive.
+func perConn(before, after *int64, n int64) *float64 {
+	if before == nil || after == nil || n <= 0 {
+		return nil
+	}
+	v := float64(*after-*before) / float64(n)
+	return &v
+}
