@@ -22,6 +22,11 @@ type Transport interface {
 	// WaitWritable arms one notification: the transport calls
 	// Conn.OnWritable once the socket can take more bytes.
 	WaitWritable() error
+	// CloseWrite shuts down the sending side (TCP FIN) after everything
+	// written so far, leaving the socket open to read the peer's remaining
+	// bytes, so that unread input does not turn the close into a reset that
+	// can destroy the close frame in flight (a "lingering close").
+	CloseWrite() error
 	// Close closes the socket. The transport then calls
 	// Conn.OnTransportClosed exactly once (also when the peer closes first).
 	// Close must not be called with the Conn's lock held.
@@ -57,7 +62,23 @@ const (
 	flagDiscardRead             // the connection failed: ignore further input
 	flagNotified                // OnClose was called
 	flagServedHTTP              // at least one HTTP request was answered (keep-alive)
+	flagHalfClosed              // CloseWrite was called
 )
+
+// action is what a caller must do with the transport after unlocking.
+type action uint8
+
+const (
+	actNone  action = iota
+	actAbort        // close the socket now
+)
+
+// do performs a; it must be called without c.mu held.
+func (c *Conn) do(a action) {
+	if a == actAbort {
+		_ = c.t.Close()
+	}
+}
 
 var errBadVersion = errors.New("conn: unsupported Sec-WebSocket-Version")
 
@@ -72,7 +93,7 @@ type Conn struct {
 	w   *Wheel
 
 	state  atomic.Uint32
-	flags  uint8 // guarded by mu
+	flags  uint16 // guarded by mu
 	reason Reason
 
 	rd *readState  // owned by the reading goroutine (Feed)
@@ -493,16 +514,11 @@ func (c *Conn) onClose(payload []byte) bool {
 	c.mu.Lock()
 	if c.state.Load() == stateClosing {
 		// The peer answered our close: the handshake is complete.
-		c.flags |= flagDiscardRead
+		c.flags |= flagDiscardRead | flagCloseFlush
 		c.flags &^= flagCloseReply
-		closeNow := c.wq == nil
-		if !closeNow {
-			c.flags |= flagCloseFlush
-		}
+		a := c.flushLocked()
 		c.mu.Unlock()
-		if closeNow {
-			_ = c.t.Close()
-		}
+		c.do(a)
 		return false
 	}
 	c.mu.Unlock()
@@ -579,13 +595,12 @@ func (c *Conn) closeWith(frame []byte, reason Reason, awaitReply bool) {
 	if frame != nil {
 		c.appendLocked(frame)
 	}
-	closeNow := c.flushLocked()
+	a := c.flushLocked()
 	c.mu.Unlock()
-	if closeNow {
-		_ = c.t.Close()
-	} else {
+	if a != actAbort {
 		c.w.Add(c, c.mark)
 	}
+	c.do(a)
 }
 
 // Send queues one complete frame. frame is not copied and must not be
@@ -604,12 +619,10 @@ func (c *Conn) Send(frame []byte) bool {
 		return false
 	}
 	c.appendLocked(frame)
-	closeNow := c.flushLocked()
+	a := c.flushLocked()
 	c.mu.Unlock()
-	if closeNow {
-		_ = c.t.Close()
-	}
-	return !closeNow
+	c.do(a)
+	return a == actNone && c.state.Load() == stateOpen
 }
 
 // WriteHTTP sends a complete HTTP response during the request phase. With
@@ -629,13 +642,12 @@ func (c *Conn) WriteHTTP(resp []byte, keepAlive bool) {
 		c.mark = c.w.Now() + c.cfg.HandshakeTimeout.Milliseconds()
 	}
 	c.appendLocked(resp)
-	closeNow := c.flushLocked()
+	a := c.flushLocked()
 	c.mu.Unlock()
-	if closeNow {
-		_ = c.t.Close()
-	} else if !keepAlive {
+	if !keepAlive && a != actAbort {
 		c.w.Add(c, c.mark)
 	}
+	c.do(a)
 }
 
 // RejectHTTP answers the request phase with e and closes the connection.
@@ -681,10 +693,10 @@ func (c *Conn) Upgrade(raw []byte, head *RequestHead, u *ws.Upgrader) (ws.Handsh
 	now := c.w.Now()
 	c.lastRead.Store(now)
 	c.appendLocked(out.Bytes())
-	closeNow := c.flushLocked()
+	a := c.flushLocked()
 	c.mu.Unlock()
-	if closeNow {
-		_ = c.t.Close()
+	if a != actNone {
+		c.do(actAbort)
 		return hs, io.ErrClosedPipe
 	}
 	c.w.Add(c, now+c.cfg.PingInterval.Milliseconds())
@@ -703,15 +715,15 @@ func (c *Conn) appendLocked(b []byte) {
 	c.wq.bytes += len(b)
 }
 
-// flushLocked writes queued bytes without blocking. It returns true when the
-// caller must close the transport (after unlocking). c.mu must be held.
-func (c *Conn) flushLocked() (closeNow bool) {
+// flushLocked writes queued bytes without blocking and returns what the
+// caller must do with the transport after unlocking. c.mu must be held.
+func (c *Conn) flushLocked() action {
 	q := c.wq
 	if q == nil {
-		return c.flags&flagCloseFlush != 0 && c.state.Load() != stateClosed
+		return c.finishLocked()
 	}
 	if c.flags&flagWaitWrite != 0 || c.state.Load() == stateClosed {
-		return false
+		return actNone
 	}
 	for q.head < len(q.bufs) {
 		n, err := c.t.Writev(q.bufs[q.head:])
@@ -721,7 +733,7 @@ func (c *Conn) flushLocked() (closeNow bool) {
 			}
 			c.flags |= flagCloseFlush | flagDiscardRead
 			c.state.Store(stateClosing)
-			return true
+			return actAbort
 		}
 		q.bytes -= n
 		for n > 0 {
@@ -744,25 +756,38 @@ func (c *Conn) flushLocked() (closeNow bool) {
 			c.flags |= flagWaitWrite
 			if err := c.t.WaitWritable(); err != nil {
 				c.flags |= flagCloseFlush | flagDiscardRead
-				return true
+				return actAbort
 			}
-			return false
+			return actNone
 		}
 	}
 	c.wq = nil
 	c.cfg.putWriteQueue(q)
-	return c.flags&flagCloseFlush != 0
+	return c.finishLocked()
+}
+
+// finishLocked half-closes a closing connection once its queue is empty;
+// the wheel closes it at c.mark unless the peer closes first. It runs under
+// c.mu because the transport's close callback takes c.mu before the fd is
+// released, so the fd cannot be another socket's yet. c.mu must be held.
+func (c *Conn) finishLocked() action {
+	if c.flags&flagCloseFlush == 0 || c.flags&flagHalfClosed != 0 || c.state.Load() == stateClosed {
+		return actNone
+	}
+	c.flags |= flagHalfClosed
+	if err := c.t.CloseWrite(); err != nil {
+		return actAbort
+	}
+	return actNone
 }
 
 // OnWritable is called by the transport when the socket can take more bytes.
 func (c *Conn) OnWritable() {
 	c.mu.Lock()
 	c.flags &^= flagWaitWrite
-	closeNow := c.flushLocked()
+	a := c.flushLocked()
 	c.mu.Unlock()
-	if closeNow {
-		_ = c.t.Close()
-	}
+	c.do(a)
 }
 
 // OnTransportClosed is called by the transport exactly once when the socket
@@ -831,7 +856,7 @@ func (c *Conn) heartbeat(now int64) int64 {
 			c.flags |= flagPingOut
 			c.mark = now
 			c.appendLocked(pingFrame)
-			if c.flushLocked() {
+			if c.flushLocked() != actNone {
 				closeIt = true
 			} else {
 				next = now + c.cfg.PongTimeout.Milliseconds()

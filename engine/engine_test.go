@@ -416,6 +416,7 @@ func TestShutdownSendsGoingAway(t *testing.T) {
 			t.Fatalf("want close 1001, got %+v %v", f, err)
 		}
 		rc.write(frame(0x88, f.payload[:2], true)) // complete the closing handshake
+		rc.c.Close()
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("shutdown: %v", err)

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -41,8 +42,41 @@ func startEngine(t testing.TB, cfg engine.Config) *engine.Engine {
 		if err := e.Shutdown(ctx); err != nil {
 			t.Errorf("shutdown: %v", err)
 		}
+		checkNoLeaks(t)
 	})
 	return e
+}
+
+// engineGoroutines are functions that run for an engine's lifetime; none may
+// survive Shutdown.
+var engineGoroutines = []string{
+	"surge/conn.(*Wheel).Run",
+	"surge/poller.(*writePoller).run",
+	"surge/poller.(*Poller).Listen",
+}
+
+// checkNoLeaks waits for every engine goroutine to end.
+func checkNoLeaks(t testing.TB) {
+	t.Helper()
+	var left string
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		left = ""
+		for _, g := range strings.Split(stacks, "\n\n") {
+			for _, f := range engineGoroutines {
+				if strings.Contains(g, f) {
+					left += g + "\n\n"
+				}
+			}
+		}
+		if left == "" {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Errorf("goroutines left after Shutdown:\n%s", left)
 }
 
 type testWriter struct{ t testing.TB }

@@ -67,6 +67,7 @@ type Stats struct {
 	BytesIn           int64            `json:"bytes_in"`
 	BytesOut          int64            `json:"bytes_out"`
 	Drops             int64            `json:"drops"`
+	WriteStalls       int64            `json:"write_stalls"`
 	Closes            map[string]int64 `json:"closes"`
 	Evictions         map[string]int64 `json:"evictions"`
 	HTTPRequests      int64            `json:"http_requests"`
@@ -97,6 +98,7 @@ func (e *Engine) Stats() Stats {
 		BytesIn:           e.st.bytesIn.Load(),
 		BytesOut:          e.st.bytesOut.Load(),
 		Drops:             e.st.drops.Load(),
+		WriteStalls:       e.poll.WriteStalls(),
 		Closes:            map[string]int64{},
 		Evictions:         map[string]int64{},
 		HTTPRequests:      e.st.httpRequests.Load(),
@@ -164,6 +166,7 @@ func (e *Engine) registerMetrics() error {
 		counter("surge_messages_delivered_total", "Messages queued to subscribers.", func() float64 { return float64(e.st.msgOut.Load()) }),
 		counter("surge_bytes_in_total", "WebSocket payload bytes received.", func() float64 { return float64(e.st.bytesIn.Load()) }),
 		counter("surge_bytes_delivered_total", "Payload bytes queued to subscribers.", func() float64 { return float64(e.st.bytesOut.Load()) }),
+		counter("surge_write_stalls_total", "Times a socket send buffer filled and a connection waited for write readiness.", func() float64 { return float64(e.poll.WriteStalls()) }),
 		&closeCollector{e: e, desc: prometheus.NewDesc("surge_connections_closed_total",
 			"Closed sockets by reason.", []string{"reason"}, nil)},
 		collectors.NewGoCollector(),

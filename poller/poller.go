@@ -115,10 +115,11 @@ type Poller struct {
 	pool *ants.Pool
 	wp   *writePoller
 
-	ln    net.Listener
-	loop  netpoll.EventLoop
-	done  chan error
-	conns atomic.Int64
+	ln     net.Listener
+	loop   netpoll.EventLoop
+	done   chan error
+	conns  atomic.Int64
+	stalls atomic.Int64
 }
 
 // New creates a Poller. It does not listen yet.
@@ -155,6 +156,10 @@ func (p *Poller) Listen(network, addr string) error {
 
 // Addr returns the listening address.
 func (p *Poller) Addr() net.Addr { return p.ln.Addr() }
+
+// WriteStalls returns how many times a socket's send buffer filled and a
+// connection had to wait for write readiness.
+func (p *Poller) WriteStalls() int64 { return p.stalls.Load() }
 
 // Conns returns the number of open sockets.
 func (p *Poller) Conns() int64 { return p.conns.Load() }
@@ -214,8 +219,14 @@ func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 // Close closes the socket; OnTransportClosed follows.
 func (c *Conn) Close() error { return c.nc.Close() }
 
+// CloseWrite shuts down the sending side (FIN) and keeps reading.
+func (c *Conn) CloseWrite() error { return shutdownWrite(int(c.fd)) }
+
 // WaitWritable arms one write-readiness notification (OnWritable).
-func (c *Conn) WaitWritable() error { return c.p.wp.arm(c) }
+func (c *Conn) WaitWritable() error {
+	c.p.stalls.Add(1)
+	return c.p.wp.arm(c)
+}
 
 // Writev writes without blocking; see conn.Transport.
 func (c *Conn) Writev(bufs [][]byte) (int, error) { return writev(int(c.fd), bufs) }

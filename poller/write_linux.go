@@ -38,6 +38,13 @@ func writev(fd int, bufs [][]byte) (int, error) {
 	}
 }
 
+func shutdownWrite(fd int) error {
+	if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+		return os.NewSyscallError("shutdown", err)
+	}
+	return nil
+}
+
 // writePoller is an epoll instance used only for write readiness of sockets
 // whose send buffer filled up; netpoll's own loops keep reading them.
 type writePoller struct {

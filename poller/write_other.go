@@ -7,6 +7,7 @@ import "errors"
 var errUnsupported = errors.New("poller: only Linux is supported")
 
 func writev(int, [][]byte) (int, error) { return 0, errUnsupported }
+func shutdownWrite(int) error           { return errUnsupported }
 
 type writePoller struct{}
 
