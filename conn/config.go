@@ -35,9 +35,18 @@ type Config struct {
 	// close frame and receive the peer's reply. Default 3s.
 	CloseTimeout time.Duration
 
+	// Deflater compresses and inflates permessage-deflate messages; New
+	// allocates one when nil.
+	Deflater *Deflater
+
+	// Counters receives the overflow-policy counts; New allocates one when nil.
+	Counters *Counters
+
 	readPool  sync.Pool
 	writePool sync.Pool
 }
+
+func (c *Config) counters() *Counters { return c.Counters }
 
 // Normalize fills the defaults of unset fields.
 func (c *Config) Normalize() {
@@ -68,6 +77,12 @@ func (c *Config) Normalize() {
 	if c.CloseTimeout <= 0 {
 		c.CloseTimeout = 3 * time.Second
 	}
+	if c.Deflater == nil {
+		c.Deflater = new(Deflater)
+	}
+	if c.Counters == nil {
+		c.Counters = new(Counters)
+	}
 }
 
 func (c *Config) getReadState() *readState {
@@ -82,7 +97,11 @@ func (c *Config) putReadState(rs *readState) {
 	if cap(msg) > 64<<10 {
 		msg = nil // do not pool large buffers
 	}
-	*rs = readState{msg: msg[:0]}
+	inflated := rs.inflated
+	if cap(inflated) > 64<<10 {
+		inflated = nil
+	}
+	*rs = readState{msg: msg[:0], inflated: inflated[:0]}
 	c.readPool.Put(rs)
 }
 
@@ -90,7 +109,7 @@ func (c *Config) getWriteQueue() *writeQueue {
 	if q, ok := c.writePool.Get().(*writeQueue); ok {
 		return q
 	}
-	return &writeQueue{bufs: make([][]byte, 0, 8)}
+	return &writeQueue{bufs: make([][]byte, 0, 8), meta: make([]entryMeta, 0, 8)}
 }
 
 func (c *Config) putWriteQueue(q *writeQueue) {
@@ -98,6 +117,7 @@ func (c *Config) putWriteQueue(q *writeQueue) {
 		return
 	}
 	clear(q.bufs[:cap(q.bufs)])
-	q.bufs, q.head, q.bytes = q.bufs[:0], 0, 0
+	clear(q.meta[:cap(q.meta)])
+	q.bufs, q.meta, q.head, q.bytes, q.partial = q.bufs[:0], q.meta[:0], 0, 0, false
 	c.writePool.Put(q)
 }

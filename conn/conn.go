@@ -63,6 +63,7 @@ const (
 	flagNotified                // OnClose was called
 	flagServedHTTP              // at least one HTTP request was answered (keep-alive)
 	flagHalfClosed              // CloseWrite was called
+	flagDeflate                 // permessage-deflate negotiated
 )
 
 // action is what a caller must do with the transport after unlocking.
@@ -122,6 +123,8 @@ type readState struct {
 	fragOp     ws.OpCode // its opcode
 	msg        []byte    // data payload assembled so far
 	checked    int       // bytes of msg known to be complete valid UTF-8 (text)
+	compressed bool      // the message being assembled has RSV1 (permessage-deflate)
+	inflated   []byte    // inflation buffer
 	ctl        [ws.MaxControlFramePayloadSize]byte
 	ctlN       int
 }
@@ -131,9 +134,17 @@ func (r *readState) idle() bool {
 }
 
 type writeQueue struct {
-	bufs  [][]byte // bufs[head:] wait for the socket; bufs[head] may be a tail
-	head  int
-	bytes int
+	bufs    [][]byte    // bufs[head:] wait for the socket; bufs[head] may be a tail
+	meta    []entryMeta // parallel to bufs
+	head    int
+	bytes   int
+	partial bool // bufs[head] is partly written and must not be dropped
+}
+
+// entryMeta describes a queued frame for the overflow policies.
+type entryMeta struct {
+	key uint64 // conflation key (messages only)
+	msg bool   // a droppable message, not a reply, control frame or handshake
 }
 
 // New returns a connection in its HTTP phase, scheduled on w for the
@@ -327,6 +338,9 @@ func (c *Conn) feedFrames(p []byte) []byte {
 		rd := c.readState()
 		rd.inFrame, rd.fh, rd.remaining, rd.done = true, h, h.Length, 0
 		rd.ctlN = 0
+		if !h.OpCode.IsControl() && h.OpCode != ws.OpContinuation {
+			rd.compressed = h.Rsv1()
+		}
 	}
 	return nil
 }
@@ -373,8 +387,18 @@ func (c *Conn) checkHeader(h ws.Header) bool {
 	if fragmented {
 		s |= ws.StateFragmented
 	}
+	deflate := c.deflate()
+	if deflate {
+		s |= ws.StateExtended
+	}
 	if err := ws.CheckHeader(h, s); err != nil {
 		c.fail(ws.StatusProtocolError, ReasonProtocolError, err.Error())
+		return false
+	}
+	// RFC 7692 §6: permessage-deflate defines RSV1 only, and only on the
+	// first frame of a data message.
+	if h.Rsv != 0 && (h.Rsv != ws.Rsv(true, false, false) || h.OpCode.IsControl() || h.OpCode == ws.OpContinuation) {
+		c.fail(ws.StatusProtocolError, ReasonProtocolError, "RSV bits not allowed on this frame")
 		return false
 	}
 	if h.OpCode.IsControl() {
@@ -402,25 +426,31 @@ func (c *Conn) onFrame(h ws.Header, payload []byte, inPlace bool) bool {
 	if h.OpCode == ws.OpContinuation || !h.Fin || !inPlace {
 		rd := c.readState()
 		if h.OpCode != ws.OpContinuation {
-			rd.fragmented, rd.fragOp = true, h.OpCode
+			rd.fragmented, rd.fragOp, rd.compressed = true, h.OpCode, h.Rsv1()
 		}
 		if inPlace {
 			rd.msg = append(rd.msg, payload...)
-			if rd.fragOp == ws.OpText && !c.checkUTF8() {
+			if rd.fragOp == ws.OpText && !rd.compressed && !c.checkUTF8() {
 				return false
 			}
 		}
 		if !h.Fin {
 			return true
 		}
-		op, msg := rd.fragOp, rd.msg
+		op, msg, compressed := rd.fragOp, rd.msg, rd.compressed
 		complete := rd.checked == len(msg)
-		rd.fragmented, rd.msg, rd.checked = false, rd.msg[:0], 0
+		rd.fragmented, rd.msg, rd.checked, rd.compressed = false, rd.msg[:0], 0, false
+		if compressed {
+			return c.deliverCompressed(op, msg)
+		}
 		if op == ws.OpText && !complete {
 			c.fail(ws.StatusInvalidFramePayloadData, ReasonInvalidPayload, "invalid UTF-8 in text message")
 			return false
 		}
 		return c.deliver(op, msg)
+	}
+	if h.Rsv1() {
+		return c.deliverCompressed(h.OpCode, payload)
 	}
 	if h.OpCode == ws.OpText && !utf8.Valid(payload) {
 		c.fail(ws.StatusInvalidFramePayloadData, ReasonInvalidPayload, "invalid UTF-8 in text message")
@@ -429,8 +459,46 @@ func (c *Conn) onFrame(h ws.Header, payload []byte, inPlace bool) bool {
 	return c.deliver(h.OpCode, payload)
 }
 
+// isText reports whether h carries uncompressed text to check as it arrives.
 func (c *Conn) isText(h ws.Header) bool {
-	return h.OpCode == ws.OpText || h.OpCode == ws.OpContinuation && c.rd.fragOp == ws.OpText
+	if h.OpCode == ws.OpContinuation {
+		return c.rd.fragOp == ws.OpText && !c.rd.compressed
+	}
+	return h.OpCode == ws.OpText && !h.Rsv1()
+}
+
+// deliverCompressed inflates a permessage-deflate message (bounded by
+// MaxMessageSize: a deflate bomb ends in 1009) and delivers it.
+func (c *Conn) deliverCompressed(op ws.OpCode, p []byte) bool {
+	rd := c.readState()
+	out, err := c.cfg.Deflater.Inflate(rd.inflated[:0], p, c.cfg.MaxMessageSize)
+	rd.inflated = out[:0]
+	if cap(out) > 64<<10 {
+		rd.inflated = nil
+	}
+	switch {
+	case errors.Is(err, ErrInflateTooBig):
+		c.fail(ws.StatusMessageTooBig, ReasonTooBig, "inflated message too big")
+		return false
+	case err != nil:
+		c.fail(ws.StatusInvalidFramePayloadData, ReasonInvalidPayload, "bad deflate data")
+		return false
+	}
+	if op == ws.OpText && !utf8.Valid(out) {
+		c.fail(ws.StatusInvalidFramePayloadData, ReasonInvalidPayload, "invalid UTF-8 in text message")
+		return false
+	}
+	return c.deliver(op, out)
+}
+
+// Deflate reports whether permessage-deflate was negotiated.
+func (c *Conn) Deflate() bool { return c.deflate() }
+
+func (c *Conn) deflate() bool {
+	c.mu.Lock()
+	d := c.flags&flagDeflate != 0
+	c.mu.Unlock()
+	return d
 }
 
 // checkUTF8 validates the text assembled so far, failing the connection
@@ -596,11 +664,11 @@ func (c *Conn) closeWith(frame []byte, reason Reason, awaitReply bool) {
 		c.appendLocked(frame)
 	}
 	a := c.flushLocked()
-	c.mu.Unlock()
-	if a != actAbort {
-		c.w.Add(c, c.mark)
+	if a == actAbort {
+		c.mark = c.w.Now()
 	}
-	c.do(a)
+	c.mu.Unlock()
+	c.w.Add(c, c.mark) // closes it at mark; never inline (see deferAbort)
 }
 
 // Send queues one complete frame. frame is not copied and must not be
@@ -621,7 +689,7 @@ func (c *Conn) Send(frame []byte) bool {
 	c.appendLocked(frame)
 	a := c.flushLocked()
 	c.mu.Unlock()
-	c.do(a)
+	c.deferAbort(a)
 	return a == actNone && c.state.Load() == stateOpen
 }
 
@@ -689,6 +757,11 @@ func (c *Conn) Upgrade(raw []byte, head *RequestHead, u *ws.Upgrader) (ws.Handsh
 		return hs, err
 	}
 	c.mu.Lock()
+	for _, ext := range hs.Extensions {
+		if string(ext.Name) == "permessage-deflate" {
+			c.flags |= flagDeflate
+		}
+	}
 	c.state.Store(stateOpen)
 	now := c.w.Now()
 	c.lastRead.Store(now)
@@ -712,6 +785,7 @@ func (c *Conn) appendLocked(b []byte) {
 		c.wq = c.cfg.getWriteQueue()
 	}
 	c.wq.bufs = append(c.wq.bufs, b)
+	c.wq.meta = append(c.wq.meta, entryMeta{})
 	c.wq.bytes += len(b)
 }
 
@@ -740,18 +814,18 @@ func (c *Conn) flushLocked() action {
 			b := q.bufs[q.head]
 			if n < len(b) {
 				q.bufs[q.head] = b[n:]
+				q.partial = true
 				break
 			}
 			n -= len(b)
-			q.bufs[q.head] = nil
+			q.bufs[q.head], q.meta[q.head] = nil, entryMeta{}
 			q.head++
+			q.partial = false
 		}
 		if q.head < len(q.bufs) {
 			// The socket is full: wait for writability.
 			if q.head > 0 && q.head >= len(q.bufs)/2 {
-				m := copy(q.bufs, q.bufs[q.head:])
-				clear(q.bufs[m:])
-				q.bufs, q.head = q.bufs[:m], 0
+				q.compact()
 			}
 			c.flags |= flagWaitWrite
 			if err := c.t.WaitWritable(); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -29,6 +30,37 @@ type Config struct {
 	Echo bool `yaml:"echo" help:"enable the /echo conformance endpoint"`
 	// AllowPublish lets WebSocket clients use the publish op. Default false.
 	AllowPublish bool `yaml:"allow-publish" help:"allow clients to publish over WebSocket"`
+	// PublishPrefixes limits client publishing to topics starting with one
+	// of these comma-separated prefixes. Default "" (any topic, when allowed).
+	PublishPrefixes string `yaml:"publish-prefixes" help:"comma-separated topic prefixes clients may publish to (empty: all, when allowed)"`
+
+	// Deflate negotiates permessage-deflate (RFC 7692) when clients offer it.
+	// Default true; set false to refuse it.
+	Deflate *bool `yaml:"deflate" help:"negotiate permessage-deflate when offered"`
+	// DeflateThreshold: frames with payloads at least this long are
+	// compressed (once per message). Default 512 bytes.
+	DeflateThreshold int `yaml:"deflate-threshold" help:"compress messages whose payload is at least this many bytes"`
+
+	// SlowPolicy is what a full write queue does with a new message:
+	// disconnect (close 1008 "slow consumer"), drop-oldest or conflate.
+	// Default disconnect. Per-prefix overrides go in TopicRules.
+	SlowPolicy string `yaml:"slow-policy" help:"on a full write queue: disconnect, drop-oldest or conflate"`
+	// HistorySize is how many recent messages each topic keeps for
+	// `since` recovery. Default 64; 0 turns history off.
+	HistorySize *int `yaml:"history-size" help:"messages retained per topic for since-recovery (0: off)"`
+	// HistoryTTL drops retained messages older than this. Default 2m.
+	HistoryTTL time.Duration `yaml:"history-ttl" help:"age limit of retained messages"`
+	// TopicRules overrides policy and history by topic prefix, e.g.
+	// "prices.:policy=conflate,history=0;lobby.:history=200,ttl=10m".
+	TopicRules string `yaml:"topic-rules" help:"per-prefix overrides: prefix:policy=…,history=N,ttl=D;…"`
+	// TopicIdleTTL: a topic with no subscriber and no publish for this long
+	// is reclaimed with its seq and history. Default 2m (at least the history TTL).
+	TopicIdleTTL time.Duration `yaml:"topic-idle-ttl" help:"reclaim topics idle and unsubscribed for this long"`
+	// FanoutShard is the number of subscribers one fan-out task serves;
+	// smaller topics are delivered inline. Default 512.
+	FanoutShard int `yaml:"fanout-shard" help:"subscribers per fan-out task (smaller topics are served inline)"`
+	// FanoutWorkers bounds the fan-out pool. Default 4 × GOMAXPROCS.
+	FanoutWorkers int `yaml:"fanout-workers" help:"fan-out pool size" default:"4 × GOMAXPROCS"`
 
 	// MaxMessageSize bounds one received WebSocket message (close 1009). Default 1 MiB.
 	MaxMessageSize int64 `yaml:"max-message-size" help:"largest client message in bytes (close 1009 above)"`
@@ -54,7 +86,7 @@ type Config struct {
 
 	// Workers bounds the handler pool (process-wide). Default 64 × GOMAXPROCS
 	// (the docs show the value on the machine that generated them).
-	Workers int `yaml:"workers" help:"handler pool size"`
+	Workers int `yaml:"workers" help:"handler pool size" default:"64 × GOMAXPROCS"`
 	// ReadBufferSize is netpoll's per-connection buffer node size (process-wide). Default 256.
 	ReadBufferSize int `yaml:"read-buffer-size" help:"per-connection read buffer node size in bytes"`
 
@@ -87,6 +119,22 @@ func (c *Config) Normalize() {
 	setDefault(&c.PongTimeout, cc.PongTimeout)
 	setDefault(&c.HandshakeTimeout, cc.HandshakeTimeout)
 	setDefault(&c.CloseTimeout, cc.CloseTimeout)
+	if c.Deflate == nil {
+		t := true
+		c.Deflate = &t
+	}
+	setDefault(&c.DeflateThreshold, 512)
+	if c.SlowPolicy == "" {
+		c.SlowPolicy = "disconnect"
+	}
+	if c.HistorySize == nil {
+		n := 64
+		c.HistorySize = &n
+	}
+	setDefault(&c.HistoryTTL, 2*time.Minute)
+	setDefault(&c.TopicIdleTTL, max(2*time.Minute, c.HistoryTTL))
+	setDefault(&c.FanoutShard, 512)
+	setDefault(&c.FanoutWorkers, 4*runtime.GOMAXPROCS(0))
 	var pc poller.Config
 	pc.Normalize()
 	setDefault(&c.Workers, pc.Workers)
@@ -163,8 +211,15 @@ func Settings() []Setting {
 	var d Config
 	d.Normalize()
 	var out []Setting
+	rt := reflect.TypeOf(d)
 	eachField(&d, func(name, help string, v reflect.Value) {
-		out = append(out, Setting{Name: name, Env: EnvName(name), Help: help, Default: fieldValue{v}.String()})
+		def := fieldValue{v}.String()
+		for i := 0; i < rt.NumField(); i++ {
+			if f := rt.Field(i); f.Tag.Get("yaml") == name && f.Tag.Get("default") != "" {
+				def = f.Tag.Get("default") // machine-dependent defaults
+			}
+		}
+		out = append(out, Setting{Name: name, Env: EnvName(name), Help: help, Default: def})
 	})
 	return out
 }
@@ -192,6 +247,12 @@ func (f fieldValue) String() string {
 	if !f.v.IsValid() {
 		return ""
 	}
+	if f.v.Kind() == reflect.Pointer {
+		if f.v.IsNil() {
+			return ""
+		}
+		return fieldValue{f.v.Elem()}.String()
+	}
 	switch x := f.v.Interface().(type) {
 	case time.Duration:
 		return x.String()
@@ -200,9 +261,21 @@ func (f fieldValue) String() string {
 	}
 }
 
-func (f fieldValue) IsBoolFlag() bool { return f.v.IsValid() && f.v.Kind() == reflect.Bool }
+func (f fieldValue) IsBoolFlag() bool {
+	if !f.v.IsValid() {
+		return false
+	}
+	k := f.v.Kind()
+	return k == reflect.Bool || k == reflect.Pointer && f.v.Type().Elem().Kind() == reflect.Bool
+}
 
 func (f fieldValue) Set(s string) error {
+	if f.v.Kind() == reflect.Pointer {
+		if f.v.IsNil() {
+			f.v.Set(reflect.New(f.v.Type().Elem()))
+		}
+		return fieldValue{f.v.Elem()}.Set(s)
+	}
 	switch f.v.Interface().(type) {
 	case time.Duration:
 		d, err := time.ParseDuration(s)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,8 +41,10 @@ type Engine struct {
 	draining atomic.Bool
 	stopOnce sync.Once
 
-	st    stats
-	admin *http.Server
+	st          stats
+	admin       *http.Server
+	deflater    *conn.Deflater
+	pubPrefixes []string
 }
 
 // Option customises New for one call.
@@ -57,9 +60,32 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Engine, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{cfg: cfg, log: log, reg: topics.New(), start: time.Now()}
+	e := &Engine{cfg: cfg, log: log, start: time.Now()}
 	for _, o := range opts {
 		o(e)
+	}
+	policy, ok := conn.ParsePolicy(cfg.SlowPolicy)
+	if !ok {
+		return nil, fmt.Errorf("engine: slow-policy %q: want disconnect, drop-oldest or conflate", cfg.SlowPolicy)
+	}
+	def := topics.Rule{Policy: policy, HistorySize: *cfg.HistorySize, HistoryTTL: cfg.HistoryTTL}
+	rules, err := topics.ParseRules(cfg.TopicRules, def)
+	if err != nil {
+		return nil, fmt.Errorf("engine: topic-rules: %w", err)
+	}
+	for _, p := range strings.Split(cfg.PublishPrefixes, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			e.pubPrefixes = append(e.pubPrefixes, p)
+		}
+	}
+	e.deflater = new(conn.Deflater)
+	threshold := cfg.DeflateThreshold
+	e.reg, err = topics.New(topics.Config{
+		Default: def, Rules: rules, ShardSize: cfg.FanoutShard, Workers: cfg.FanoutWorkers,
+		DeflateThreshold: threshold, IdleTTL: cfg.TopicIdleTTL, Deflater: e.deflater,
+	})
+	if err != nil {
+		return nil, err
 	}
 	if e.prom == nil {
 		e.prom = prometheus.NewRegistry()
@@ -74,6 +100,7 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Engine, error) {
 		PongTimeout:      cfg.PongTimeout,
 		HandshakeTimeout: cfg.HandshakeTimeout,
 		CloseTimeout:     cfg.CloseTimeout,
+		Deflater:         e.deflater,
 	}
 	e.ccfg.Normalize()
 	tick := min(e.ccfg.PingInterval, e.ccfg.PongTimeout, e.ccfg.HandshakeTimeout, e.ccfg.CloseTimeout) / 8
@@ -81,7 +108,6 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Engine, error) {
 	span := max(e.ccfg.PingInterval, e.ccfg.PongTimeout, e.ccfg.HandshakeTimeout, e.ccfg.CloseTimeout)
 	e.wheel = conn.NewWheel(tick, span)
 	e.up = ws.Upgrader{}
-	var err error
 	e.poll, err = poller.New(poller.Config{Workers: cfg.Workers, BufferSize: cfg.ReadBufferSize}, e, log)
 	if err != nil {
 		return nil, err
@@ -107,6 +133,7 @@ func (e *Engine) Start() error {
 		return err
 	}
 	go e.wheel.Run()
+	go e.reg.Run()
 	if e.cfg.PprofListen != "" {
 		if err := e.startPprof(); err != nil {
 			return err
@@ -158,6 +185,7 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 			err = fmt.Errorf("engine: closing listener: %w", cerr)
 		}
 		e.wheel.Stop(true)
+		e.reg.Close(true)
 		if e.admin != nil {
 			_ = e.admin.Close()
 		}

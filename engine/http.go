@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -112,11 +114,32 @@ func writeAPIError(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, apiError{Result: "error", Message: msg})
 }
 
-// handlePublish serves POST /v1/publish {"topic":"…","data":<JSON>}.
+type publishItem struct {
+	Topic *string         `json:"topic"`
+	Data  json.RawMessage `json:"data"`
+	Key   string          `json:"key"`
+}
+
+type publishResult struct {
+	Result string `json:"result"`
+	Topic  string `json:"topic"`
+	Seq    uint64 `json:"seq"`
+}
+
+// handlePublish serves POST /v1/publish in three forms:
+//
+//	{"topic":"…","data":<JSON>[,"key":"…"]}     → {"result":"ok","topic":…,"seq":…}
+//	{"messages":[{"topic":…,"data":…},…]}       → {"result":"ok","results":[…]}
+//	Content-Type: application/octet-stream, ?topic=…[&key=…], raw body
+//	                                            → delivered as a binary frame
 func (e *Engine) handlePublish(w http.ResponseWriter, r *http.Request) {
+	if ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";"); strings.TrimSpace(ct) == "application/octet-stream" {
+		e.handleBinaryPublish(w, r)
+		return
+	}
 	var body struct {
-		Topic *string         `json:"topic"`
-		Data  json.RawMessage `json:"data"`
+		publishItem
+		Messages []publishItem `json:"messages"`
 	}
 	dec := json.NewDecoder(r.Body)
 	if err := dec.Decode(&body); err != nil {
@@ -132,27 +155,78 @@ func (e *Engine) handlePublish(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, http.StatusBadRequest, "body must hold exactly one JSON object")
 		return
 	}
-	switch {
-	case body.Topic == nil:
-		writeAPIError(w, http.StatusBadRequest, "missing \"topic\"")
-		return
-	case len(body.Data) == 0:
-		writeAPIError(w, http.StatusBadRequest, "missing \"data\"")
-		return
-	case !topics.ValidName(*body.Topic):
-		writeAPIError(w, http.StatusBadRequest, topics.ErrTopicName.Error())
+	if body.Messages == nil {
+		if msg := checkItem(&body.publishItem); msg != "" {
+			writeAPIError(w, http.StatusBadRequest, msg)
+			return
+		}
+		res, err := e.publish(topics.Publication{Topic: *body.Topic, Data: compactJSON(body.Data), Key: body.Key})
+		if err != nil {
+			writeAPIError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, publishResult{"ok", *body.Topic, res.Seq})
 		return
 	}
-	seq, err := e.publish(*body.Topic, compactJSON(body.Data))
+	if body.Topic != nil || len(body.Data) > 0 {
+		writeAPIError(w, http.StatusBadRequest, "use either topic/data or messages, not both")
+		return
+	}
+	if len(body.Messages) == 0 {
+		writeAPIError(w, http.StatusBadRequest, "messages is empty")
+		return
+	}
+	// Validate the whole batch first: it is published entirely or not at all.
+	for i := range body.Messages {
+		if msg := checkItem(&body.Messages[i]); msg != "" {
+			writeAPIError(w, http.StatusBadRequest, "messages["+strconv.Itoa(i)+"]: "+msg)
+			return
+		}
+	}
+	results := make([]publishResult, len(body.Messages))
+	for i, m := range body.Messages {
+		res, err := e.publish(topics.Publication{Topic: *m.Topic, Data: compactJSON(m.Data), Key: m.Key})
+		if err != nil {
+			writeAPIError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		results[i] = publishResult{"ok", *m.Topic, res.Seq}
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Result  string          `json:"result"`
+		Results []publishResult `json:"results"`
+	}{"ok", results})
+}
+
+func checkItem(it *publishItem) string {
+	switch {
+	case it.Topic == nil:
+		return "missing \"topic\""
+	case len(it.Data) == 0:
+		return "missing \"data\""
+	case !topics.ValidName(*it.Topic):
+		return topics.ErrTopicName.Error()
+	}
+	return ""
+}
+
+func (e *Engine) handleBinaryPublish(w http.ResponseWriter, r *http.Request) {
+	topic := r.URL.Query().Get("topic")
+	if !topics.ValidName(topic) {
+		writeAPIError(w, http.StatusBadRequest, "binary publish needs ?topic=: "+topics.ErrTopicName.Error())
+		return
+	}
+	data, err := io.ReadAll(r.Body)
 	if err != nil {
 		writeAPIError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, struct {
-		Result string `json:"result"`
-		Topic  string `json:"topic"`
-		Seq    uint64 `json:"seq"`
-	}{"ok", *body.Topic, seq})
+	res, err := e.publish(topics.Publication{Topic: topic, Data: data, Binary: true, Key: r.URL.Query().Get("key")})
+	if err != nil {
+		writeAPIError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, publishResult{"ok", topic, res.Seq})
 }
 
 // compactJSON removes insignificant whitespace so deliveries stay small.
@@ -164,13 +238,12 @@ func compactJSON(b []byte) []byte {
 	return out.Bytes()
 }
 
-func (e *Engine) publish(topic string, data []byte) (uint64, error) {
-	seq, n, err := e.reg.Publish(topic, data)
+func (e *Engine) publish(p topics.Publication) (topics.Result, error) {
+	start := time.Now()
+	res, err := e.reg.Publish(p)
 	if err != nil {
-		return 0, err
+		return res, err
 	}
-	e.st.published.Add(1)
-	e.st.msgOut.Add(int64(n))
-	e.st.bytesOut.Add(int64(n) * int64(len(data)))
-	return seq, nil
+	e.st.fanout.Observe(time.Since(start).Seconds())
+	return res, nil
 }

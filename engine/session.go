@@ -3,6 +3,7 @@ package engine
 import (
 	"encoding/json"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/gobwas/ws"
@@ -18,7 +19,7 @@ type session struct {
 	conn.Conn
 	e    *Engine
 	mode uint8 // modeWS or modeEcho once upgraded
-	subs []*topics.Topic
+	subs []*topics.Sub
 }
 
 const (
@@ -64,47 +65,83 @@ func (s *session) upgrade(head *conn.RequestHead, raw []byte, echo bool) {
 			}
 		}
 	}
-	if _, err := s.Upgrade(raw, head, &e.up); err != nil {
+	u := e.up
+	var deflate bool
+	if *e.cfg.Deflate {
+		u.Negotiate = conn.NegotiateDeflate(&deflate)
+	}
+	if _, err := s.Upgrade(raw, head, &u); err != nil {
 		e.st.handshakeFail(e.log, "upgrade rejected", err)
 		return
 	}
 	e.st.upgraded.Add(1)
 	e.st.wsOpen.Add(1)
+	if deflate {
+		e.st.deflateConns.Add(1)
+	}
 	if echo {
 		s.mode = modeEcho
 		return
 	}
 	s.mode = modeWS
 	for _, n := range names {
-		s.subscribe(n)
+		s.subscribe(n, nil, nil)
 	}
 }
 
-func (s *session) subscribe(name string) error {
-	for _, t := range s.subs {
-		if t.Name() == name {
-			return nil
+func (s *session) find(name string) int {
+	for i, sub := range s.subs {
+		if sub.Topic().Name() == name {
+			return i
 		}
 	}
-	t, err := s.e.reg.Subscribe(name, &s.Conn)
+	return -1
+}
+
+func (s *session) subscribe(name string, since *uint64, ready func(topics.Recovery)) error {
+	if s.find(name) >= 0 {
+		if ready != nil {
+			ready(topics.Recovery{Complete: true})
+		}
+		return nil
+	}
+	sub, _, err := s.e.reg.Subscribe(name, &s.Conn, since, ready)
 	if err != nil {
 		return err
 	}
-	s.subs = append(s.subs, t)
+	s.subs = append(s.subs, sub)
 	return nil
 }
 
 func (s *session) unsubscribe(name string) bool {
-	for i, t := range s.subs {
-		if t.Name() == name {
-			s.e.reg.Unsubscribe(t, &s.Conn)
-			s.subs[i] = s.subs[len(s.subs)-1]
-			s.subs[len(s.subs)-1] = nil
-			s.subs = s.subs[:len(s.subs)-1]
-			return true
-		}
+	i := s.find(name)
+	if i < 0 {
+		return false
 	}
-	return false
+	s.e.reg.Unsubscribe(s.subs[i])
+	last := len(s.subs) - 1
+	s.subs[i] = s.subs[last]
+	s.subs[last] = nil
+	s.subs = s.subs[:last]
+	return true
+}
+
+// clientOp is one client → server request.
+type clientOp struct {
+	Op    string          `json:"op"`
+	Topic string          `json:"topic"`
+	ID    json.RawMessage `json:"id"`
+	Since *uint64         `json:"since"`
+	Data  json.RawMessage `json:"data"`
+	Key   string          `json:"key"`
+}
+
+// ParseOp parses a client text frame; it is the client-op parser the fuzz
+// target exercises.
+func parseOp(payload []byte) (clientOp, error) {
+	var op clientOp
+	err := json.Unmarshal(payload, &op)
+	return op, err
 }
 
 // OnMessage implements conn.Handler.
@@ -113,9 +150,14 @@ func (s *session) OnMessage(c *conn.Conn, op ws.OpCode, payload []byte) {
 	e.st.msgIn.Add(1)
 	e.st.bytesIn.Add(int64(len(payload)))
 	if s.mode == modeEcho {
-		if c.Send(conn.NewFrame(op, payload)) {
-			e.st.msgOut.Add(1)
-			e.st.bytesOut.Add(int64(len(payload)))
+		var frame []byte
+		if c.Deflate() && len(payload) >= e.cfg.DeflateThreshold {
+			frame = e.deflater.CompressFrame(op, payload)
+		} else {
+			frame = conn.NewFrame(op, payload)
+		}
+		if c.Send(frame) {
+			e.st.echoed.Add(1)
 		}
 		return
 	}
@@ -123,25 +165,28 @@ func (s *session) OnMessage(c *conn.Conn, op ws.OpCode, payload []byte) {
 		s.reply(errorReply("", "bad_request", "binary frames are not accepted from clients; send JSON text"))
 		return
 	}
-	var req struct {
-		Op    string          `json:"op"`
-		Topic string          `json:"topic"`
-		ID    json.RawMessage `json:"id"`
-		Since *uint64         `json:"since"`
-		Data  json.RawMessage `json:"data"`
-	}
-	if err := json.Unmarshal(payload, &req); err != nil {
+	req, err := parseOp(payload)
+	if err != nil {
 		s.reply(errorReply("", "bad_request", "message is not a JSON object: "+err.Error()))
 		return
 	}
 	id := string(req.ID)
 	switch req.Op {
 	case "subscribe":
-		if err := s.subscribe(req.Topic); err != nil {
-			s.reply(errorReply(id, "bad_topic", err.Error()))
+		if !topics.ValidName(req.Topic) {
+			s.reply(errorReply(id, "bad_topic", topics.ErrTopicName.Error()))
 			return
 		}
-		s.reply(okReply(id, req.Topic))
+		err := s.subscribe(req.Topic, req.Since, func(rec topics.Recovery) {
+			if rec.Requested && !rec.Complete {
+				s.reply(recoveryReply(id, req.Topic, rec))
+				return
+			}
+			s.reply(okSubscribeReply(id, req.Topic, rec))
+		})
+		if err != nil {
+			s.reply(errorReply(id, "bad_topic", err.Error()))
+		}
 	case "unsubscribe":
 		if !topics.ValidName(req.Topic) {
 			s.reply(errorReply(id, "bad_topic", topics.ErrTopicName.Error()))
@@ -153,25 +198,40 @@ func (s *session) OnMessage(c *conn.Conn, op ws.OpCode, payload []byte) {
 		}
 		s.reply(okReply(id, req.Topic))
 	case "publish":
-		if !e.cfg.AllowPublish {
-			s.reply(errorReply(id, "forbidden", "publishing over WebSocket is disabled on this server"))
+		if !e.clientMayPublish(req.Topic) {
+			s.reply(errorReply(id, "forbidden", "publishing to this topic over WebSocket is not allowed on this server"))
 			return
 		}
 		if len(req.Data) == 0 {
 			s.reply(errorReply(id, "bad_request", "publish needs data"))
 			return
 		}
-		seq, err := e.publish(req.Topic, req.Data)
+		res, err := e.publish(topics.Publication{Topic: req.Topic, Data: compactJSON(req.Data), Key: req.Key})
 		if err != nil {
 			s.reply(errorReply(id, "bad_topic", err.Error()))
 			return
 		}
-		s.reply(okSeqReply(id, req.Topic, seq))
+		s.reply(okSeqReply(id, req.Topic, res.Seq))
 	case "":
 		s.reply(errorReply(id, "bad_request", "missing op"))
 	default:
 		s.reply(errorReply(id, "unknown_op", "unknown op "+quoteTrunc(req.Op)))
 	}
+}
+
+func (e *Engine) clientMayPublish(topic string) bool {
+	if !e.cfg.AllowPublish {
+		return false
+	}
+	if len(e.pubPrefixes) == 0 {
+		return true
+	}
+	for _, p := range e.pubPrefixes {
+		if strings.HasPrefix(topic, p) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *session) reply(payload []byte) {
@@ -181,12 +241,15 @@ func (s *session) reply(payload []byte) {
 // OnClose implements conn.Handler.
 func (s *session) OnClose(c *conn.Conn, reason conn.Reason) {
 	e := s.e
-	for _, t := range s.subs {
-		e.reg.Unsubscribe(t, &s.Conn)
+	for _, sub := range s.subs {
+		e.reg.Unsubscribe(sub)
 	}
 	s.subs = nil
 	if s.mode != modeHTTP {
 		e.st.wsOpen.Add(-1)
+		if c.Deflate() {
+			e.st.deflateConns.Add(-1)
+		}
 	}
 	e.st.closed(reason, s.mode != modeHTTP)
 }
@@ -209,6 +272,39 @@ func okReply(id, topic string) []byte {
 	}
 	b.WriteByte('}')
 	return []byte(b.String())
+}
+
+func okSubscribeReply(id, topic string, rec topics.Recovery) []byte {
+	var b strings.Builder
+	b.WriteString(`{"op":"ok"`)
+	writeID(&b, id)
+	b.WriteString(`,"topic":`)
+	b.WriteString(quote(topic))
+	b.WriteString(`,"seq":`)
+	b.WriteString(strconv.FormatUint(rec.Seq, 10))
+	if rec.Requested {
+		b.WriteString(`,"recovered":true`)
+	}
+	b.WriteByte('}')
+	return []byte(b.String())
+}
+
+// recoveryReply tells a client that messages after its `since` are gone: it
+// is subscribed (retained and live messages follow) but must resync.
+func recoveryReply(id, topic string, rec topics.Recovery) []byte {
+	b, _ := json.Marshal(struct {
+		Op         string          `json:"op"`
+		ID         json.RawMessage `json:"id,omitempty"`
+		Code       string          `json:"code"`
+		Message    string          `json:"message"`
+		Topic      string          `json:"topic"`
+		Seq        uint64          `json:"seq"`
+		Oldest     uint64          `json:"oldest"`
+		Subscribed bool            `json:"subscribed"`
+	}{"error", rawID(id), "recovery_incomplete",
+		"messages after since are no longer retained; subscribed anyway, resync from your source of truth",
+		topic, rec.Seq, rec.Oldest, true})
+	return b
 }
 
 func okSeqReply(id, topic string, seq uint64) []byte {

@@ -24,12 +24,11 @@ type stats struct {
 	wsOpen       atomic.Int64
 	httpRequests atomic.Int64
 	httpBad      atomic.Int64
-	published    atomic.Int64
 	msgIn        atomic.Int64
-	msgOut       atomic.Int64
 	bytesIn      atomic.Int64
-	bytesOut     atomic.Int64
-	drops        atomic.Int64
+	echoed       atomic.Int64
+	deflateConns atomic.Int64
+	fanout       prometheus.Histogram
 	closes       [conn.NumReasons]atomic.Int64
 	wsCloses     [conn.NumReasons]atomic.Int64
 
@@ -54,29 +53,36 @@ func (s *stats) handshakeFail(log *slog.Logger, what string, err error) {
 
 // Stats is the JSON document served at GET /v1/stats.
 type Stats struct {
-	Connections       int64            `json:"connections"`
-	Sockets           int64            `json:"sockets"`
-	ConnectionsOpened int64            `json:"connections_opened"`
-	Accepted          int64            `json:"accepted"`
-	HandshakeFailures int64            `json:"handshake_failures"`
-	Subscriptions     int              `json:"subscriptions"`
-	Topics            int              `json:"topics"`
-	Published         int64            `json:"published"`
-	MessagesIn        int64            `json:"messages_in"`
-	MessagesOut       int64            `json:"messages_out"`
-	BytesIn           int64            `json:"bytes_in"`
-	BytesOut          int64            `json:"bytes_out"`
-	Drops             int64            `json:"drops"`
-	WriteStalls       int64            `json:"write_stalls"`
-	Closes            map[string]int64 `json:"closes"`
-	Evictions         map[string]int64 `json:"evictions"`
-	HTTPRequests      int64            `json:"http_requests"`
-	RSSBytes          int64            `json:"rss_bytes"`
-	HeapInuseBytes    uint64           `json:"heap_inuse_bytes"`
-	HeapAllocBytes    uint64           `json:"heap_alloc_bytes"`
-	Goroutines        int              `json:"goroutines"`
-	UptimeSeconds     float64          `json:"uptime_seconds"`
-	Draining          bool             `json:"draining"`
+	Connections        int64            `json:"connections"`
+	DeflateConnections int64            `json:"deflate_connections"`
+	Sockets            int64            `json:"sockets"`
+	ConnectionsOpened  int64            `json:"connections_opened"`
+	Accepted           int64            `json:"accepted"`
+	HandshakeFailures  int64            `json:"handshake_failures"`
+	Subscriptions      int              `json:"subscriptions"`
+	Topics             int              `json:"topics"`
+	Published          int64            `json:"published"`
+	MessagesIn         int64            `json:"messages_in"`
+	MessagesOut        int64            `json:"messages_out"`
+	BytesIn            int64            `json:"bytes_in"`
+	BytesOut           int64            `json:"bytes_out"`
+	CompressedMessages int64            `json:"compressed_messages"`
+	DeflatedSent       int64            `json:"deflated_sent"`
+	Replayed           int64            `json:"replayed"`
+	Drops              int64            `json:"drops"`
+	Conflated          int64            `json:"conflated"`
+	SlowConsumerCloses int64            `json:"slow_consumer_closes"`
+	WriteStalls        int64            `json:"write_stalls"`
+	TopicsReclaimed    int64            `json:"topics_reclaimed"`
+	Closes             map[string]int64 `json:"closes"`
+	Evictions          map[string]int64 `json:"evictions"`
+	HTTPRequests       int64            `json:"http_requests"`
+	RSSBytes           int64            `json:"rss_bytes"`
+	HeapInuseBytes     uint64           `json:"heap_inuse_bytes"`
+	HeapAllocBytes     uint64           `json:"heap_alloc_bytes"`
+	Goroutines         int              `json:"goroutines"`
+	UptimeSeconds      float64          `json:"uptime_seconds"`
+	Draining           bool             `json:"draining"`
 }
 
 // Stats returns a snapshot of the engine's counters.
@@ -84,30 +90,38 @@ func (e *Engine) Stats() Stats {
 	nt, ns := e.reg.Count()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
+	rs, cs := &e.reg.Stats, e.ccfg.Counters
 	st := Stats{
-		Connections:       e.st.wsOpen.Load(),
-		Sockets:           e.poll.Conns(),
-		ConnectionsOpened: e.st.upgraded.Load(),
-		Accepted:          e.st.accepted.Load(),
-		HandshakeFailures: e.st.handshakeBad.Load(),
-		Subscriptions:     ns,
-		Topics:            nt,
-		Published:         e.st.published.Load(),
-		MessagesIn:        e.st.msgIn.Load(),
-		MessagesOut:       e.st.msgOut.Load(),
-		BytesIn:           e.st.bytesIn.Load(),
-		BytesOut:          e.st.bytesOut.Load(),
-		Drops:             e.st.drops.Load(),
-		WriteStalls:       e.poll.WriteStalls(),
-		Closes:            map[string]int64{},
-		Evictions:         map[string]int64{},
-		HTTPRequests:      e.st.httpRequests.Load(),
-		RSSBytes:          readRSS(),
-		HeapInuseBytes:    ms.HeapInuse,
-		HeapAllocBytes:    ms.HeapAlloc,
-		Goroutines:        runtime.NumGoroutine(),
-		UptimeSeconds:     time.Since(e.start).Seconds(),
-		Draining:          e.draining.Load(),
+		Connections:        e.st.wsOpen.Load(),
+		DeflateConnections: e.st.deflateConns.Load(),
+		Sockets:            e.poll.Conns(),
+		ConnectionsOpened:  e.st.upgraded.Load(),
+		Accepted:           e.st.accepted.Load(),
+		HandshakeFailures:  e.st.handshakeBad.Load(),
+		Subscriptions:      ns,
+		Topics:             nt,
+		Published:          rs.Published.Load(),
+		MessagesIn:         e.st.msgIn.Load(),
+		MessagesOut:        rs.Deliveries.Load() + e.st.echoed.Load(),
+		BytesIn:            e.st.bytesIn.Load(),
+		BytesOut:           rs.DeliveryBytes.Load(),
+		CompressedMessages: rs.CompressedFrames.Load(),
+		DeflatedSent:       cs.DeflatedSent.Load(),
+		Replayed:           rs.Replayed.Load(),
+		Drops:              cs.Dropped.Load(),
+		Conflated:          cs.Conflated.Load(),
+		SlowConsumerCloses: cs.SlowClosed.Load(),
+		WriteStalls:        e.poll.WriteStalls(),
+		TopicsReclaimed:    rs.Reclaimed.Load(),
+		Closes:             map[string]int64{},
+		Evictions:          map[string]int64{},
+		HTTPRequests:       e.st.httpRequests.Load(),
+		RSSBytes:           readRSS(),
+		HeapInuseBytes:     ms.HeapInuse,
+		HeapAllocBytes:     ms.HeapAlloc,
+		Goroutines:         runtime.NumGoroutine(),
+		UptimeSeconds:      time.Since(e.start).Seconds(),
+		Draining:           e.draining.Load(),
 	}
 	for _, r := range conn.Reasons() {
 		if n := e.st.wsCloses[r].Load(); n > 0 {
@@ -153,26 +167,43 @@ func (e *Engine) registerMetrics() error {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	counter := func(name, help string, f func() float64) prometheus.Collector {
-		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
+	counter := func(name, help string, f func() int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(f()) })
 	}
-	cs := []prometheus.Collector{
+	rs, cs := &e.reg.Stats, e.ccfg.Counters
+	e.st.fanout = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "surge_fanout_seconds",
+		Help:    "Time from publish accepted to the last subscriber's queue append.",
+		Buckets: prometheus.ExponentialBuckets(5e-6, 2.5, 14),
+	})
+	cols := []prometheus.Collector{
+		e.st.fanout,
 		gauge("surge_connections", "Open WebSocket connections.", func() float64 { return float64(e.st.wsOpen.Load()) }),
+		gauge("surge_deflate_connections", "Open WebSocket connections with permessage-deflate.", func() float64 { return float64(e.st.deflateConns.Load()) }),
 		gauge("surge_sockets", "Open TCP sockets (WebSocket, HTTP and handshaking).", func() float64 { return float64(e.poll.Conns()) }),
-		counter("surge_connections_opened_total", "WebSocket upgrades completed.", func() float64 { return float64(e.st.upgraded.Load()) }),
-		counter("surge_handshake_failures_total", "Upgrade requests rejected.", func() float64 { return float64(e.st.handshakeBad.Load()) }),
-		counter("surge_messages_published_total", "Messages published.", func() float64 { return float64(e.st.published.Load()) }),
-		counter("surge_messages_in_total", "WebSocket messages received.", func() float64 { return float64(e.st.msgIn.Load()) }),
-		counter("surge_messages_delivered_total", "Messages queued to subscribers.", func() float64 { return float64(e.st.msgOut.Load()) }),
-		counter("surge_bytes_in_total", "WebSocket payload bytes received.", func() float64 { return float64(e.st.bytesIn.Load()) }),
-		counter("surge_bytes_delivered_total", "Payload bytes queued to subscribers.", func() float64 { return float64(e.st.bytesOut.Load()) }),
-		counter("surge_write_stalls_total", "Times a socket send buffer filled and a connection waited for write readiness.", func() float64 { return float64(e.poll.WriteStalls()) }),
+		gauge("surge_topics", "Topics in the registry.", func() float64 { n, _ := e.reg.Count(); return float64(n) }),
+		gauge("surge_subscriptions", "Subscriptions.", func() float64 { _, n := e.reg.Count(); return float64(n) }),
+		counter("surge_connections_opened_total", "WebSocket upgrades completed.", e.st.upgraded.Load),
+		counter("surge_handshake_failures_total", "Upgrade requests rejected.", e.st.handshakeBad.Load),
+		counter("surge_messages_published_total", "Messages published.", rs.Published.Load),
+		counter("surge_messages_in_total", "WebSocket messages received.", e.st.msgIn.Load),
+		counter("surge_messages_delivered_total", "Messages queued to subscribers.", rs.Deliveries.Load),
+		counter("surge_bytes_in_total", "WebSocket payload bytes received.", e.st.bytesIn.Load),
+		counter("surge_bytes_delivered_total", "Frame bytes queued to subscribers (plain size).", rs.DeliveryBytes.Load),
+		counter("surge_messages_compressed_total", "Messages compressed (once each, for all deflate subscribers).", rs.CompressedFrames.Load),
+		counter("surge_deflated_deliveries_total", "Compressed frames queued to subscribers.", cs.DeflatedSent.Load),
+		counter("surge_messages_replayed_total", "History messages replayed on since-recovery.", rs.Replayed.Load),
+		counter("surge_messages_dropped_total", "Messages dropped by drop-oldest or conflate overflow.", cs.Dropped.Load),
+		counter("surge_messages_conflated_total", "Pending messages replaced by a newer one with the same key.", cs.Conflated.Load),
+		counter("surge_slow_consumer_closes_total", "Connections closed by the disconnect policy.", cs.SlowClosed.Load),
+		counter("surge_write_stalls_total", "Times a socket send buffer filled and a connection waited for write readiness.", e.poll.WriteStalls),
+		counter("surge_topics_reclaimed_total", "Idle empty topics reclaimed.", rs.Reclaimed.Load),
 		&closeCollector{e: e, desc: prometheus.NewDesc("surge_connections_closed_total",
 			"Closed sockets by reason.", []string{"reason"}, nil)},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
-	for _, c := range cs {
+	for _, c := range cols {
 		if err := e.prom.Register(c); err != nil {
 			return err
 		}

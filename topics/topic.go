@@ -1,0 +1,255 @@
+package topics
+
+import (
+	"hash/maphash"
+	"sync"
+
+	"github.com/gobwas/ws"
+
+	"github.com/surgepush/surge/conn"
+)
+
+// Topic is one named stream: its subscribers, sequence counter and history.
+type Topic struct {
+	name string
+	r    *Registry
+	rule *Rule
+
+	mu         sync.Mutex // serialises publish (seq order) and membership
+	dead       bool       // reclaimed; lookups retry
+	seq        uint64
+	subs       []*Sub
+	deflaters  int   // subscribers that negotiated permessage-deflate
+	lastActive int64 // registry ms of the last publish or unsubscribe
+	hist       ring
+}
+
+// Sub is one subscription of one subscriber to one topic.
+type Sub struct {
+	s   Subscriber
+	t   *Topic
+	idx int // position in t.subs; -1 when removed
+}
+
+// Topic returns the subscription's topic.
+func (s *Sub) Topic() *Topic { return s.t }
+
+// Name returns the topic's name.
+func (t *Topic) Name() string { return t.name }
+
+func newTopic(r *Registry, name string) *Topic {
+	t := &Topic{name: name, r: r, rule: r.rule(name), lastActive: r.now()}
+	t.hist.init(t.rule.HistorySize)
+	return t
+}
+
+// Recovery reports what a subscribe with `since` replayed.
+type Recovery struct {
+	Requested bool   // since was given
+	Complete  bool   // every message after since was replayed (no gap)
+	Replayed  int    // messages replayed
+	Seq       uint64 // the topic's current seq
+	Oldest    uint64 // oldest retained seq (0: none)
+}
+
+// Subscribe adds s to topic name, creating the topic on first use. With
+// since non-nil it first replays retained messages with seq > *since, under
+// the topic lock, so no live message can slip in between (no gap, no
+// duplicate at the seam). Recovery.Complete is false when messages after
+// *since are no longer retained (or *since is ahead of the topic, as after
+// the topic was reclaimed); the subscription is made anyway.
+//
+// ready, when not nil, is called under the topic lock after the recovery is
+// assessed and before anything is replayed, so a reply it sends precedes
+// the replayed and live messages.
+func (r *Registry) Subscribe(name string, s Subscriber, since *uint64, ready func(Recovery)) (*Sub, Recovery, error) {
+	if !ValidName(name) {
+		return nil, Recovery{}, ErrTopicName
+	}
+	t := r.lockTopic(name)
+	defer t.mu.Unlock()
+	var rec Recovery
+	if since != nil {
+		rec = t.assessLocked(*since)
+	}
+	rec.Seq = t.seq
+	if ready != nil {
+		ready(rec)
+	}
+	if since != nil {
+		rec.Replayed = t.replayLocked(s, *since)
+	}
+	sub := &Sub{s: s, t: t, idx: len(t.subs)}
+	t.subs = append(t.subs, sub)
+	if s.Deflate() {
+		t.deflaters++
+	}
+	return sub, rec, nil
+}
+
+func (t *Topic) assessLocked(since uint64) Recovery {
+	rec := Recovery{Requested: true}
+	t.hist.expire(t.r.now(), t.rule.HistoryTTL)
+	oldest := t.hist.oldest()
+	rec.Oldest = oldest
+	switch {
+	case since > t.seq:
+		rec.Complete = false
+	case since == t.seq:
+		rec.Complete = true
+	case oldest == 0:
+		rec.Complete = false
+	default:
+		rec.Complete = since+1 >= oldest
+	}
+	return rec
+}
+
+func (t *Topic) replayLocked(s Subscriber, since uint64) int {
+	n := 0
+	t.hist.each(func(e *entry) {
+		if e.seq > since && s.SendMessage(e.msg) {
+			n++
+		}
+	})
+	t.r.Stats.Replayed.Add(int64(n))
+	return n
+}
+
+// Unsubscribe removes the subscription; safe to call more than once.
+func (r *Registry) Unsubscribe(sub *Sub) {
+	t := sub.t
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	i := sub.idx
+	if i < 0 {
+		return
+	}
+	last := len(t.subs) - 1
+	t.subs[i] = t.subs[last]
+	t.subs[i].idx = i
+	t.subs[last] = nil
+	t.subs = t.subs[:last]
+	sub.idx = -1
+	if sub.s.Deflate() {
+		t.deflaters--
+	}
+	t.lastActive = r.now()
+	if cap(t.subs) > 64 && len(t.subs) < cap(t.subs)/4 {
+		t.subs = append([]*Sub(nil), t.subs...)
+	}
+}
+
+// Publication is one message to publish.
+type Publication struct {
+	Topic  string
+	Data   []byte // JSON value (text delivery) or raw bytes (Binary)
+	Binary bool
+	// Key is the conflation key; empty means the topic name.
+	Key string
+}
+
+// Result reports one publish.
+type Result struct {
+	Seq       uint64
+	Delivered int // subscribers whose queue took the message
+}
+
+// Publish assigns the next seq of p.Topic, encodes the delivery frame once
+// (and compresses it once if any subscriber negotiated permessage-deflate
+// and it is above the threshold), retains it in the history ring, and
+// appends the same bytes to every subscriber's write queue. Topics with up
+// to ShardSize subscribers are served inline; larger ones are split into
+// shards run on the bounded fan-out pool, and Publish returns when every
+// subscriber has been served, so per-topic order holds for every subscriber.
+func (r *Registry) Publish(p Publication) (Result, error) {
+	if !ValidName(p.Topic) {
+		return Result{}, ErrTopicName
+	}
+	t := r.lockTopic(p.Topic)
+	defer t.mu.Unlock()
+	t.seq++
+	var m conn.Message
+	op := ws.OpText
+	if p.Binary {
+		m.Frame = EncodeBinary(t.name, t.seq, p.Data)
+		op = ws.OpBinary
+	} else {
+		m.Frame = EncodeMessage(t.name, t.seq, p.Data)
+	}
+	key := p.Key
+	if key == "" {
+		key = t.name
+	}
+	m.Key = maphash.String(r.seed, key)
+	m.Policy = t.rule.Policy
+	if t.deflaters > 0 && r.cfg.DeflateThreshold > 0 {
+		if payload := framePayload(m.Frame); len(payload) >= r.cfg.DeflateThreshold {
+			m.Deflated = r.cfg.Deflater.CompressFrame(op, payload)
+			r.Stats.CompressedFrames.Add(1)
+		}
+	}
+	now := r.now()
+	t.lastActive = now
+	if t.rule.HistorySize > 0 {
+		t.hist.push(t.seq, &m, now)
+		t.hist.expire(now, t.rule.HistoryTTL)
+	}
+	n := r.fanout(t.subs, &m)
+	r.Stats.Published.Add(1)
+	r.Stats.Deliveries.Add(int64(n))
+	r.Stats.DeliveryBytes.Add(int64(n) * int64(len(m.Frame)))
+	return Result{Seq: t.seq, Delivered: n}, nil
+}
+
+// fanout sends m to every subscriber in subs.
+func (r *Registry) fanout(subs []*Sub, m *conn.Message) int {
+	size := r.cfg.ShardSize
+	if len(subs) <= size {
+		return sendAll(subs, m)
+	}
+	var (
+		wg    sync.WaitGroup
+		total int64
+		mu    sync.Mutex
+	)
+	for start := size; start < len(subs); start += size {
+		part := subs[start:min(start+size, len(subs))]
+		wg.Add(1)
+		task := func() {
+			n := sendAll(part, m)
+			mu.Lock()
+			total += int64(n)
+			mu.Unlock()
+			wg.Done()
+		}
+		if err := r.pool.Submit(task); err != nil {
+			task() // pool released: serve it here
+		}
+	}
+	n := sendAll(subs[:size], m) // the publisher serves the first shard itself
+	wg.Wait()
+	return n + int(total)
+}
+
+func sendAll(subs []*Sub, m *conn.Message) int {
+	n := 0
+	for _, s := range subs {
+		if s.s.SendMessage(m) {
+			n++
+		}
+	}
+	return n
+}
+
+// framePayload returns the payload of a complete unmasked server frame.
+func framePayload(f []byte) []byte {
+	switch l := f[1] & 0x7f; l {
+	case 126:
+		return f[4:]
+	case 127:
+		return f[10:]
+	default:
+		return f[2:]
+	}
+}
