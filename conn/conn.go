@@ -74,12 +74,10 @@ const (
 	actAbort        // close the socket now
 )
 
-// do performs a; it must be called without c.mu held.
-func (c *Conn) do(a action) {
-	if a == actAbort {
-		_ = c.t.Close()
-	}
-}
+// do performs a; it must be called without c.mu held. An abort is never
+// performed inline: callers may be inside Feed or a fan-out holding topic
+// locks, and closing the transport calls OnTransportClosed and OnClose.
+func (c *Conn) do(a action) { c.deferAbort(a) }
 
 var errBadVersion = errors.New("conn: unsupported Sec-WebSocket-Version")
 
@@ -643,7 +641,22 @@ func (c *Conn) Abort(reason Reason) {
 func (c *Conn) closeWith(frame []byte, reason Reason, awaitReply bool) {
 	c.mu.Lock()
 	st := c.state.Load()
-	if st == stateClosed || c.flags&(flagCloseFlush|flagCloseReply) != 0 {
+	if st == stateClosed || c.flags&flagCloseFlush != 0 {
+		c.mu.Unlock()
+		return
+	}
+	if c.flags&flagCloseReply != 0 {
+		// Our close frame is already queued. A failure now (RFC 6455
+		// §7.1.7) stops reading and closes once flushed; a second graceful
+		// Close changes nothing.
+		if !awaitReply {
+			c.flags |= flagCloseFlush | flagDiscardRead
+			c.flags &^= flagCloseReply
+			a := c.flushLocked()
+			c.mu.Unlock()
+			c.do(a)
+			return
+		}
 		c.mu.Unlock()
 		return
 	}
@@ -769,7 +782,7 @@ func (c *Conn) Upgrade(raw []byte, head *RequestHead, u *ws.Upgrader) (ws.Handsh
 	a := c.flushLocked()
 	c.mu.Unlock()
 	if a != actNone {
-		c.do(actAbort)
+		c.do(a)
 		return hs, io.ErrClosedPipe
 	}
 	c.w.Add(c, now+c.cfg.PingInterval.Milliseconds())
@@ -829,7 +842,11 @@ func (c *Conn) flushLocked() action {
 			}
 			c.flags |= flagWaitWrite
 			if err := c.t.WaitWritable(); err != nil {
+				if c.reason == ReasonNone {
+					c.reason = ReasonWriteError
+				}
 				c.flags |= flagCloseFlush | flagDiscardRead
+				c.state.Store(stateClosing)
 				return actAbort
 			}
 			return actNone

@@ -106,6 +106,12 @@ func (c *Conn) deferAbort(a action) {
 		return
 	}
 	c.mu.Lock()
+	if c.state.Load() == stateClosed {
+		c.mu.Unlock()
+		return
+	}
+	c.state.Store(stateClosing)
+	c.flags |= flagDiscardRead
 	c.mark = c.w.Now()
 	c.mu.Unlock()
 	c.w.Add(c, c.mark)

@@ -122,7 +122,7 @@ func ParseHead(b []byte) (RequestHead, error) {
 		switch {
 		case asciiEqualFold(k, "Content-Length"):
 			n, err := strconv.ParseInt(string(v), 10, 64)
-			if err != nil || n < 0 || (h.ContentLength >= 0 && h.ContentLength != n) {
+			if err != nil || !allDigits(v) || (h.ContentLength >= 0 && h.ContentLength != n) {
 				return h, &HTTPError{Status: http.StatusBadRequest, Msg: "bad Content-Length"}
 			}
 			h.ContentLength = n
@@ -141,6 +141,19 @@ func ParseHead(b []byte) (RequestHead, error) {
 		}
 	}
 	return h, nil
+}
+
+// allDigits reports whether b is 1*DIGIT (RFC 9110 §8.6: no sign, no space).
+func allDigits(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 func isToken(b []byte) bool {
