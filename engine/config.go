@@ -81,8 +81,16 @@ type Config struct {
 	HandshakeTimeout time.Duration `yaml:"handshake-timeout" help:"deadline for a complete HTTP request head"`
 	// CloseTimeout bounds the closing handshake. Default 3s.
 	CloseTimeout time.Duration `yaml:"close-timeout" help:"deadline for the closing handshake"`
-	// ShutdownTimeout bounds a graceful shutdown (used by cmd/surge). Default 10s.
-	ShutdownTimeout time.Duration `yaml:"shutdown-timeout" help:"how long shutdown waits for clients to close"`
+	// ShutdownTimeout bounds a graceful shutdown (used by cmd/surge). Default 15s.
+	ShutdownTimeout time.Duration `yaml:"shutdown-timeout" help:"how long shutdown may take in all"`
+	// DrainWindow spreads the 1001 closes of a shutdown evenly over this
+	// long, so clients are not all disconnected at once. Default 5s (cut to
+	// fit the shutdown timeout).
+	DrainWindow time.Duration `yaml:"drain-window" help:"spread shutdown closes evenly over this long"`
+	// ReconnectJitter: each shutdown close reason carries
+	// {"reconnect_after_ms":N} with N uniform in [0, ReconnectJitter), so
+	// clients come back spread out. Default 10s.
+	ReconnectJitter time.Duration `yaml:"reconnect-jitter" help:"spread of the reconnect hints sent on shutdown"`
 
 	// Workers bounds the handler pool (process-wide). Default 64 × GOMAXPROCS
 	// (the docs show the value on the machine that generated them).
@@ -140,8 +148,10 @@ func (c *Config) Normalize() {
 	setDefault(&c.Workers, pc.Workers)
 	setDefault(&c.ReadBufferSize, pc.BufferSize)
 	if c.ShutdownTimeout <= 0 {
-		c.ShutdownTimeout = 10 * time.Second
+		c.ShutdownTimeout = 15 * time.Second
 	}
+	setDefault(&c.DrainWindow, 5*time.Second)
+	setDefault(&c.ReconnectJitter, 10*time.Second)
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -165,9 +167,7 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 	var err error
 	e.stopOnce.Do(func() {
 		e.draining.Store(true)
-		for _, c := range e.wheel.Snapshot() {
-			c.Close(ws.StatusGoingAway, conn.ReasonShutdown, "server shutting down")
-		}
+		e.drain(ctx)
 		tick := time.NewTicker(5 * time.Millisecond)
 		defer tick.Stop()
 	wait:
@@ -192,6 +192,42 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 		e.log.Info("surge stopped", "remaining", e.poll.Conns())
 	})
 	return err
+}
+
+// drain closes every connection with 1001 and a reconnect hint, paced
+// evenly over DrainWindow (shortened to fit ctx's deadline), so that a fleet
+// of clients neither loses its connections at once nor returns at once:
+// each close reason is {"reconnect_after_ms":N} with N drawn uniformly from
+// [0, ReconnectJitter).
+func (e *Engine) drain(ctx context.Context) {
+	conns := e.wheel.Snapshot()
+	window := e.cfg.DrainWindow
+	if dl, ok := ctx.Deadline(); ok {
+		// Leave a quarter of the remaining time for the closing handshakes.
+		window = min(window, time.Until(dl)*3/4)
+	}
+	e.log.Info("draining", "connections", len(conns), "window", window, "reconnect_jitter", e.cfg.ReconnectJitter)
+	start := time.Now()
+	jitter := e.cfg.ReconnectJitter.Milliseconds()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for i, c := range conns {
+		// Connection i is due at start + window·i/len.
+		due := start.Add(time.Duration(int64(window) * int64(i) / int64(len(conns))))
+		for time.Now().Before(due) {
+			select {
+			case <-ctx.Done():
+				due = time.Time{} // out of time: close the rest now
+			case <-tick.C:
+			}
+		}
+		hint := int64(0)
+		if jitter > 0 {
+			hint = rand.Int64N(jitter)
+		}
+		c.Close(ws.StatusGoingAway, conn.ReasonShutdown, `{"reconnect_after_ms":`+strconv.FormatInt(hint, 10)+`}`)
+		e.st.drained.Add(1)
+	}
 }
 
 // Open implements poller.Handler: every accepted socket becomes a session.

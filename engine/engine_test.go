@@ -392,7 +392,7 @@ func TestHeartbeatEvictsSilentPeers(t *testing.T) {
 }
 
 func TestShutdownSendsGoingAway(t *testing.T) {
-	cfg := engine.Config{Listen: "127.0.0.1:0"}
+	cfg := engine.Config{Listen: "127.0.0.1:0", DrainWindow: 200 * time.Millisecond, ReconnectJitter: time.Second}
 	e, err := engine.New(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -414,6 +414,12 @@ func TestShutdownSendsGoingAway(t *testing.T) {
 		f, err := rc.read()
 		if err != nil || f.op != 0x8 || binary.BigEndian.Uint16(f.payload) != 1001 {
 			t.Fatalf("want close 1001, got %+v %v", f, err)
+		}
+		var hint struct {
+			Ms *int64 `json:"reconnect_after_ms"`
+		}
+		if err := json.Unmarshal(f.payload[2:], &hint); err != nil || hint.Ms == nil || *hint.Ms < 0 || *hint.Ms >= 1000 {
+			t.Fatalf("close reason %q: want {\"reconnect_after_ms\":N} with 0 ≤ N < 1000", f.payload[2:])
 		}
 		rc.write(frame(0x88, f.payload[:2], true)) // complete the closing handshake
 		rc.c.Close()

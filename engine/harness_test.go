@@ -26,6 +26,9 @@ func startEngine(t testing.TB, cfg engine.Config) *engine.Engine {
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
 	}
+	if cfg.DrainWindow == 0 {
+		cfg.DrainWindow = 20 * time.Millisecond // keep test shutdowns quick
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))

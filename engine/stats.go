@@ -27,6 +27,7 @@ type stats struct {
 	msgIn        atomic.Int64
 	bytesIn      atomic.Int64
 	echoed       atomic.Int64
+	drained      atomic.Int64
 	deflateConns atomic.Int64
 	fanout       prometheus.Histogram
 	closes       [conn.NumReasons]atomic.Int64
