@@ -138,7 +138,7 @@ func TestDrainOnSIGTERM(t *testing.T) {
 			res.err = json.Unmarshal(p[2:], &hint)
 			res.hint = hint.Ms
 			c.Write([]byte{0x88, 0x82, 0, 0, 0, 0, p[0], p[1]}) // masked close reply, zero mask
-			io.Copy(io.Discard, br)                            // until the server closes
+			io.Copy(io.Discard, br)                             // until the server closes
 		}(i)
 	}
 	ready.Wait()
