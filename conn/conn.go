@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -161,6 +162,16 @@ func (c *Conn) Init(t Transport, h Handler, cfg *Config, w *Wheel) {
 	c.lastRead.Store(now)
 	c.mark = now + cfg.HandshakeTimeout.Milliseconds()
 	w.Add(c, c.mark)
+}
+
+// RemoteAddr returns the peer address when the transport knows it, else "".
+func (c *Conn) RemoteAddr() string {
+	if a, ok := c.t.(interface{ RemoteAddr() net.Addr }); ok {
+		if addr := a.RemoteAddr(); addr != nil {
+			return addr.String()
+		}
+	}
+	return ""
 }
 
 // Open reports whether the WebSocket is open (upgraded and not closing).

@@ -104,6 +104,9 @@ type Config struct {
 
 	// LogLevel is debug, info, warn or error. Default info. Used by cmd/surge.
 	LogLevel string `yaml:"log-level" help:"debug, info, warn or error"`
+	// LogSample bounds log records per second per (message, reason) group,
+	// so a storm of bad clients cannot flood the log. Default 10.
+	LogSample int `yaml:"log-sample" help:"log records per second per message and reason (the rest are counted)"`
 	// LogFormat is text or json. Default text. Used by cmd/surge.
 	LogFormat string `yaml:"log-format" help:"text or json"`
 }
@@ -155,6 +158,7 @@ func (c *Config) Normalize() {
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
+	setDefault(&c.LogSample, 10)
 	if c.LogFormat == "" {
 		c.LogFormat = "text"
 	}

@@ -480,3 +480,40 @@ func TestManyIdleConnectionsGoroutinesFlat(t *testing.T) {
 		}
 	}
 }
+
+func TestTopicsEndpoint(t *testing.T) {
+	e := startEngine(t, engine.Config{})
+	a := dialRaw(t, e.Addr(), "/ws?topic=few&topic=many")
+	b := dialRaw(t, e.Addr(), "/ws?topic=many")
+	_, _ = a, b
+	for i := 0; i < 5; i++ {
+		publish(t, e.Addr(), "few", i)
+	}
+	publish(t, e.Addr(), "many", 0)
+	get := func(q string) (int, map[string]any) {
+		resp, err := http.Get("http://" + e.Addr() + "/v1/topics" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		json.NewDecoder(resp.Body).Decode(&m)
+		return resp.StatusCode, m
+	}
+	first := func(m map[string]any) string {
+		top := m["top"].([]any)
+		return top[0].(map[string]any)["topic"].(string)
+	}
+	if code, m := get(""); code != 200 || first(m) != "many" || m["topics"].(float64) != 2 {
+		t.Fatalf("by subscribers: %d %v", code, m)
+	}
+	if code, m := get("?sort=rate&limit=1"); code != 200 || first(m) != "few" || len(m["top"].([]any)) != 1 {
+		t.Fatalf("by rate: %d %v", code, m)
+	}
+	if code, _ := get("?sort=nope"); code != 400 {
+		t.Fatalf("bad sort: %d", code)
+	}
+	if code, _ := get("?limit=0"); code != 400 {
+		t.Fatalf("bad limit: %d", code)
+	}
+}

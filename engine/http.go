@@ -25,6 +25,7 @@ func (e *Engine) routes() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/publish", e.handlePublish)
 	mux.HandleFunc("GET /v1/stats", e.handleStats)
+	mux.HandleFunc("GET /v1/topics", e.handleTopics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n")
 	})
@@ -97,6 +98,34 @@ func (w *bufferedResponse) render(keepAlive bool) []byte {
 	}
 	b.Write(w.body.Bytes())
 	return b.Bytes()
+}
+
+// handleTopics serves GET /v1/topics?limit=N&sort=subscribers|rate: the
+// top topics (at most 1000).
+func (e *Engine) handleTopics(w http.ResponseWriter, r *http.Request) {
+	limit := 50
+	if s := r.URL.Query().Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			writeAPIError(w, http.StatusBadRequest, "limit must be a positive integer")
+			return
+		}
+		limit = min(n, 1000)
+	}
+	var byRate bool
+	switch r.URL.Query().Get("sort") {
+	case "", "subscribers":
+	case "rate":
+		byRate = true
+	default:
+		writeAPIError(w, http.StatusBadRequest, "sort must be subscribers or rate")
+		return
+	}
+	nt, _ := e.reg.Count()
+	writeJSON(w, http.StatusOK, struct {
+		Topics int                `json:"topics"`
+		Top    []topics.TopicInfo `json:"top"`
+	}{nt, e.reg.TopBy(limit, byRate)})
 }
 
 type apiError struct {

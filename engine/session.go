@@ -252,6 +252,9 @@ func (s *session) OnClose(c *conn.Conn, reason conn.Reason) {
 		}
 	}
 	e.st.closed(reason, s.mode != modeHTTP)
+	if isEviction(reason) {
+		e.log.Info("connection closed", "reason", reason.String(), "remote", c.RemoteAddr())
+	}
 }
 
 func quoteTrunc(s string) string {

@@ -22,6 +22,7 @@ type Topic struct {
 	deflaters  int   // subscribers that negotiated permessage-deflate
 	lastActive int64 // registry ms of the last publish or unsubscribe
 	hist       ring
+	rate       rate // publishes per second, decaying average
 }
 
 // Sub is one subscription of one subscriber to one topic.
@@ -191,6 +192,7 @@ func (r *Registry) Publish(p Publication) (Result, error) {
 	}
 	now := r.now()
 	t.lastActive = now
+	t.rate.add(now)
 	if t.rule.HistorySize > 0 {
 		t.hist.push(t.seq, &m, now)
 		t.hist.expire(now, t.rule.HistoryTTL)

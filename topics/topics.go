@@ -308,31 +308,42 @@ func (r *Registry) Count() (topics, subscriptions int) {
 
 // TopicInfo describes one topic for listings.
 type TopicInfo struct {
-	Name        string `json:"topic"`
-	Subscribers int    `json:"subscribers"`
-	Seq         uint64 `json:"seq"`
-	Retained    int    `json:"retained"`
-	Policy      string `json:"policy"`
+	Name        string  `json:"topic"`
+	Subscribers int     `json:"subscribers"`
+	Seq         uint64  `json:"seq"`
+	Rate        float64 `json:"rate"` // publishes per second, 10-second decaying average
+	Retained    int     `json:"retained"`
+	Policy      string  `json:"policy"`
 }
 
 // Top returns up to n topics with the most subscribers.
-func (r *Registry) Top(n int) []TopicInfo {
+func (r *Registry) Top(n int) []TopicInfo { return r.TopBy(n, false) }
+
+// TopBy returns up to n topics with the most subscribers, or with the
+// highest publish rate when byRate.
+func (r *Registry) TopBy(n int, byRate bool) []TopicInfo {
 	var all []TopicInfo
+	now := r.now()
 	for i := range r.shards {
 		sh := &r.shards[i]
 		sh.mu.RLock()
 		for _, t := range sh.m {
 			t.mu.Lock()
-			all = append(all, TopicInfo{Name: t.name, Subscribers: len(t.subs), Seq: t.seq, Retained: t.hist.len(), Policy: t.rule.Policy.String()})
+			all = append(all, TopicInfo{Name: t.name, Subscribers: len(t.subs), Seq: t.seq, Rate: t.rate.value(now),
+				Retained: t.hist.len(), Policy: t.rule.Policy.String()})
 			t.mu.Unlock()
 		}
 		sh.mu.RUnlock()
 	}
 	sort.Slice(all, func(i, j int) bool {
-		if all[i].Subscribers != all[j].Subscribers {
-			return all[i].Subscribers > all[j].Subscribers
+		a, b := all[i], all[j]
+		if byRate && a.Rate != b.Rate {
+			return a.Rate > b.Rate
 		}
-		return all[i].Name < all[j].Name
+		if a.Subscribers != b.Subscribers {
+			return a.Subscribers > b.Subscribers
+		}
+		return a.Name < b.Name
 	})
 	if len(all) > n {
 		all = all[:n]

@@ -107,9 +107,9 @@ func newLogger(cfg engine.Config, w io.Writer) (*slog.Logger, error) {
 	opts := &slog.HandlerOptions{Level: level}
 	switch strings.ToLower(cfg.LogFormat) {
 	case "", "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return slog.New(engine.NewSampledHandler(slog.NewTextHandler(w, opts), cfg.LogSample)), nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.New(engine.NewSampledHandler(slog.NewJSONHandler(w, opts), cfg.LogSample)), nil
 	}
 	return nil, fmt.Errorf("surge: log-format %q: want text or json", cfg.LogFormat)
 }
