@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
@@ -101,6 +102,7 @@ type Conn struct {
 
 	lastRead atomic.Int64 // wheel ms of the last byte received
 	mark     int64        // wheel ms: ping sent at / close deadline; guarded by mu
+	expires  int64        // wheel ms at which the connection's credentials expire (0: never); guarded by mu
 
 	// Heartbeat wheel links, guarded by Wheel.mu.
 	hbPrev, hbNext *Conn
@@ -162,6 +164,16 @@ func (c *Conn) Init(t Transport, h Handler, cfg *Config, w *Wheel) {
 	c.lastRead.Store(now)
 	c.mark = now + cfg.HandshakeTimeout.Milliseconds()
 	w.Add(c, c.mark)
+}
+
+// SetExpiry closes the open connection with 1008 "token expired"
+// (ReasonPolicy) at t, checked by the heartbeat wheel.
+func (c *Conn) SetExpiry(t time.Time) {
+	at := c.w.At(t)
+	c.mu.Lock()
+	c.expires = max(at, 1)
+	c.mu.Unlock()
+	c.w.Add(c, at)
 }
 
 // RemoteAddr returns the peer address when the transport knows it, else "".
@@ -941,6 +953,11 @@ func (c *Conn) heartbeat(now int64) int64 {
 			next = c.mark
 		}
 	case stateOpen:
+		if c.expires != 0 && now >= c.expires {
+			c.mu.Unlock()
+			c.Close(ws.StatusPolicyViolation, ReasonPolicy, "token expired")
+			return -1 // Close rescheduled it
+		}
 		last := c.lastRead.Load()
 		if c.flags&flagPingOut != 0 && last < c.mark {
 			if now-c.mark >= c.cfg.PongTimeout.Milliseconds() {
@@ -972,6 +989,9 @@ func (c *Conn) heartbeat(now int64) int64 {
 		} else {
 			next = c.mark
 		}
+	}
+	if next > 0 && c.expires != 0 && c.state.Load() == stateOpen {
+		next = min(next, c.expires)
 	}
 	c.mu.Unlock()
 	if closeIt {

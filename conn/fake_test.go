@@ -14,7 +14,8 @@ import (
 )
 
 // fakeTransport is an in-memory Transport. It records what Conn writes, can
-// pretend the socket is full, and counts WaitWritable and Close calls.
+// pretend the socket is full, and counts WaitWritable, CloseWrite and Close
+// calls. After CloseWrite it takes no more bytes (the sending side is shut).
 //
 // Like netpoll (which runs close callbacks only after OnRequest returns), it
 // never calls OnTransportClosed while the Conn is inside Feed: a Close during
@@ -32,10 +33,15 @@ type fakeTransport struct {
 	writeErr error  // returned by Writev when set
 	waitErr  error  // returned by WaitWritable when set
 	waits    int    // WaitWritable calls
+	shutErr  error  // returned by CloseWrite when set
+	shuts    int    // CloseWrite calls
 	closes   int    // Close calls
 	inFeed   bool
 	deferred bool // Close happened inside Feed; OnTransportClosed pending
-	reported bool // OnTransportClosed was called
+	// syncClose makes Close report OnTransportClosed at once even inside
+	// Feed, as a naive transport would.
+	syncClose bool
+	reported  bool // OnTransportClosed was called
 }
 
 func newFakeTransport() *fakeTransport { return &fakeTransport{capacity: -1} }
@@ -46,6 +52,9 @@ func (f *fakeTransport) Writev(bufs [][]byte) (int, error) {
 	f.writevs++
 	if f.writeErr != nil {
 		return 0, f.writeErr
+	}
+	if f.shuts > 0 {
+		panic("conn: Writev after CloseWrite")
 	}
 	n := 0
 	for _, b := range bufs {
@@ -73,11 +82,19 @@ func (f *fakeTransport) WaitWritable() error {
 	return f.waitErr
 }
 
+// CloseWrite is called with the Conn's lock held: it must not call back.
+func (f *fakeTransport) CloseWrite() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.shuts++
+	return f.shutErr
+}
+
 func (f *fakeTransport) Close() error {
 	f.mu.Lock()
 	f.closes++
 	report := !f.reported && !f.deferred
-	if report && f.inFeed {
+	if report && f.inFeed && !f.syncClose {
 		f.deferred, report = true, false
 	}
 	if report {
@@ -124,10 +141,10 @@ func (f *fakeTransport) take() []byte {
 	return b
 }
 
-func (f *fakeTransport) counts() (waits, closes int) {
+func (f *fakeTransport) counts() (waits, shuts, closes int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.waits, f.closes
+	return f.waits, f.shuts, f.closes
 }
 
 type message struct {
@@ -146,6 +163,7 @@ type fakeHandler struct {
 	msgs        []message
 	closes      []Reason
 	echo        bool // Send every message back
+	deflate     bool // negotiate permessage-deflate (NegotiateDeflate)
 }
 
 func (h *fakeHandler) ServeHTTP(c *Conn, head *RequestHead, raw []byte) {
@@ -154,7 +172,12 @@ func (h *fakeHandler) ServeHTTP(c *Conn, head *RequestHead, raw []byte) {
 	h.bodies = append(h.bodies, append([]byte(nil), raw...))
 	h.mu.Unlock()
 	if string(head.Path) == "/ws" {
-		_, err := c.Upgrade(raw, head, &ws.Upgrader{})
+		u := &ws.Upgrader{}
+		if h.deflate {
+			var accepted bool
+			u.Negotiate = NegotiateDeflate(&accepted)
+		}
+		_, err := c.Upgrade(raw, head, u)
 		h.mu.Lock()
 		h.upgradeErrs = append(h.upgradeErrs, err)
 		h.mu.Unlock()
@@ -247,6 +270,10 @@ func (h *harness) feed(p []byte) {
 // at advances the wheel to d after its start.
 func (h *harness) at(d time.Duration) { h.w.Advance(d.Milliseconds()) }
 
+// settle advances the wheel by one tick, so that an abort that Conn handed
+// to the wheel instead of closing inline (see Conn.deferAbort) happens.
+func (h *harness) settle() { h.w.Advance(h.w.Now() + tick.Milliseconds()) }
+
 // open upgrades the connection and discards the 101 response.
 func (h *harness) open() {
 	h.t.Helper()
@@ -275,23 +302,41 @@ func (h *harness) expectOpen() {
 	if !h.c.Open() || h.c.Closed() {
 		h.t.Fatalf("connection not open (reason %v)", h.c.Reason())
 	}
-	if _, closes := h.tr.counts(); closes != 0 {
-		h.t.Fatalf("transport closed %d times, want open", closes)
+	if _, shuts, closes := h.tr.counts(); shuts != 0 || closes != 0 {
+		h.t.Fatalf("transport half-closed %d and closed %d times, want open", shuts, closes)
 	}
 	if r := h.h.closeReasons(); len(r) != 0 {
 		h.t.Fatalf("OnClose called with %v on an open connection", r)
 	}
 }
 
-// expectClosed checks that the socket is closed, that OnClose was called
-// once with reason, and returns the frames written since the last take.
+// expectLingering checks the state of a connection that has flushed its
+// last bytes and shut down its sending side (a lingering close): neither
+// open nor closed, CloseWrite called once, Close not yet, reason recorded,
+// OnClose not yet called. It returns the frames written since the last take.
+func (h *harness) expectLingering(reason Reason) []serverFrame {
+	h.t.Helper()
+	if h.c.Open() || h.c.Closed() {
+		h.t.Fatalf("want a lingering connection, got open=%v closed=%v", h.c.Open(), h.c.Closed())
+	}
+	if _, shuts, closes := h.tr.counts(); shuts != 1 || closes != 0 {
+		h.t.Fatalf("CloseWrite called %d times and Close %d times, want 1 and 0", shuts, closes)
+	}
+	if got := h.c.Reason(); got != reason {
+		h.t.Fatalf("Reason() = %v, want %v", got, reason)
+	}
+	if r := h.h.closeReasons(); len(r) != 0 {
+		h.t.Fatalf("OnClose called with %v before the socket closed", r)
+	}
+	return h.frames()
+}
+
+// expectClosed checks that the socket is closed and that OnClose was
+// called once with reason. It returns the frames written since the last take.
 func (h *harness) expectClosed(reason Reason) []serverFrame {
 	h.t.Helper()
 	if !h.c.Closed() {
 		h.t.Fatalf("connection not closed (open=%v reason=%v)", h.c.Open(), h.c.Reason())
-	}
-	if _, closes := h.tr.counts(); closes == 0 {
-		h.t.Fatal("transport was never closed")
 	}
 	got := h.h.closeReasons()
 	if len(got) != 1 || got[0] != reason {
@@ -300,30 +345,44 @@ func (h *harness) expectClosed(reason Reason) []serverFrame {
 	if h.c.Reason() != reason {
 		h.t.Fatalf("Reason() = %v, want %v", h.c.Reason(), reason)
 	}
+	if n := h.w.Len(); n != 0 {
+		h.t.Fatalf("closed connection still on the wheel (%d scheduled)", n)
+	}
 	return h.frames()
 }
 
-// expectCloseFrame checks that the connection closed with reason and that
-// the last frame written is a close frame with code (0: empty payload).
+// expectCloseFrame checks that the connection wrote a close frame with code
+// (0: empty payload) as its last frame and half-closed, then lets the peer
+// close the socket and checks that OnClose reports reason. It returns the
+// frames written since the last take.
 func (h *harness) expectCloseFrame(code ws.StatusCode, reason Reason) []serverFrame {
 	h.t.Helper()
-	fs := h.expectClosed(reason)
+	fs := h.expectLingering(reason)
+	checkLastClose(h.t, fs, code)
+	h.tr.peerClose()
+	h.expectClosed(reason)
+	return fs
+}
+
+// checkLastClose checks that the last of fs is the only close frame and
+// carries code (0: empty payload).
+func checkLastClose(t testing.TB, fs []serverFrame, code ws.StatusCode) {
+	t.Helper()
 	if len(fs) == 0 {
-		h.t.Fatalf("no close frame written, want %d", code)
+		t.Fatalf("no close frame written, want %d", code)
 	}
 	last := fs[len(fs)-1]
 	if last.op() != ws.OpClose {
-		h.t.Fatalf("last frame is %v, want a close frame with %d", last.op(), code)
+		t.Fatalf("last frame is %v, want a close frame with %d", last.op(), code)
 	}
-	if got, _ := closeBody(h.t, last.payload); got != code {
-		h.t.Fatalf("close code %d, want %d", got, code)
+	if got, _ := closeBody(t, last.payload); got != code {
+		t.Fatalf("close code %d, want %d", got, code)
 	}
 	for _, f := range fs[:len(fs)-1] {
 		if f.op() == ws.OpClose {
-			h.t.Fatal("more than one close frame written")
+			t.Fatal("more than one close frame written")
 		}
 	}
-	return fs
 }
 
 const (

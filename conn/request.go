@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 )
 
 // RequestHead is the parsed head of one HTTP/1.1 request. Its byte slices
@@ -20,6 +21,9 @@ type RequestHead struct {
 	Chunked       bool   // Transfer-Encoding: chunked
 	Upgrade       bool   // Upgrade: websocket present (case-insensitive)
 	WSVersion     []byte // Sec-WebSocket-Version value
+	Origin        []byte // Origin value
+	Authorization []byte // Authorization value
+	Protocols     []byte // Sec-WebSocket-Protocol value(s), comma-joined
 	Close         bool   // Connection: close, or HTTP/1.0 without keep-alive
 	HeadLen       int    // bytes through the blank line
 }
@@ -104,6 +108,7 @@ func ParseHead(b []byte) (RequestHead, error) {
 	if q := bytes.IndexByte(h.Target, '?'); q >= 0 {
 		h.Path, h.Query = h.Target[:q], h.Target[q+1:]
 	}
+	var closeSeen, keepAlive bool
 	rest := b[eol+2:]
 	for len(rest) > 0 {
 		eol = bytes.Index(rest, []byte("\r\n"))
@@ -130,18 +135,45 @@ func ParseHead(b []byte) (RequestHead, error) {
 			h.Chunked = true
 		case asciiEqualFold(k, "Sec-WebSocket-Version"):
 			h.WSVersion = v
+		case asciiEqualFold(k, "Origin"):
+			h.Origin = v
+		case asciiEqualFold(k, "Authorization"):
+			h.Authorization = v
+		case asciiEqualFold(k, "Sec-WebSocket-Protocol"):
+			if len(h.Protocols) == 0 {
+				h.Protocols = v
+			} else {
+				// Several header lines form one list; join them (rare: copy).
+				h.Protocols = append(append(append([]byte(nil), h.Protocols...), ','), v...)
+			}
 		case asciiEqualFold(k, "Upgrade"):
-			h.Upgrade = hasToken(v, "websocket")
+			// Repeated header lines form one list (RFC 9110 §5.3).
+			h.Upgrade = h.Upgrade || hasToken(v, "websocket")
 		case asciiEqualFold(k, "Connection"):
 			if hasToken(v, "close") {
-				h.Close = true
+				closeSeen = true
 			} else if hasToken(v, "keep-alive") {
-				h.Close = false
+				keepAlive = true
 			}
 		}
 	}
+	// close anywhere wins; keep-alive turns on persistence for HTTP/1.0.
+	switch {
+	case closeSeen:
+		h.Close = true
+	case keepAlive:
+		h.Close = false
+	}
 	return h, nil
 }
+
+// tchar marks the token characters of RFC 9110 §5.6.2.
+var tchar = func() (t [256]bool) {
+	for c := 0; c < 256; c++ {
+		t[c] = c > ' ' && c < 0x7f && !strings.ContainsRune(`"(),/:;<=>?@[\]{}`, rune(c))
+	}
+	return t
+}()
 
 // allDigits reports whether b is 1*DIGIT (RFC 9110 §8.6: no sign, no space).
 func allDigits(b []byte) bool {
@@ -161,7 +193,7 @@ func isToken(b []byte) bool {
 		return false
 	}
 	for _, c := range b {
-		if c <= ' ' || c >= 0x7f || bytes.IndexByte([]byte(`"(),/:;<=>?@[\]{}`), c) >= 0 {
+		if !tchar[c] {
 			return false
 		}
 	}

@@ -59,6 +59,9 @@ func (w *Wheel) Now() int64 { return w.now.Load() }
 
 func (w *Wheel) clock() int64 { return time.Since(w.start).Milliseconds() }
 
+// At converts a wall-clock time to the wheel's clock.
+func (w *Wheel) At(t time.Time) int64 { return t.Sub(w.start).Milliseconds() }
+
 // Run advances the wheel every tick until Stop. It is the wheel's one goroutine.
 func (w *Wheel) Run() {
 	defer close(w.done)

@@ -102,6 +102,42 @@ type Config struct {
 	// listener (e.g. 127.0.0.1:6060). Default off.
 	PprofListen string `yaml:"pprof-listen" help:"admin address for /debug/pprof (off when empty; bind it to localhost)"`
 
+	// AuthHS256SecretFile holds the HS256 secret (≥ 32 bytes) that signs
+	// client JWTs. Setting it (or AuthPublicKeyFile) turns authentication on.
+	// Default off.
+	AuthHS256SecretFile string `yaml:"auth-hs256-secret-file" help:"file with the HS256 JWT secret (turns auth on)"`
+	// AuthPublicKeyFile holds PEM public keys (RSA or ECDSA P-256) or a JWKS
+	// document for RS256/ES256 JWTs. Default off.
+	AuthPublicKeyFile string `yaml:"auth-public-key-file" help:"file with PEM public keys or a JWKS for RS256/ES256 JWTs (turns auth on)"`
+	// AuthAudience, when set, must appear in the token's aud.
+	AuthAudience string `yaml:"auth-audience" help:"required JWT audience"`
+	// AuthIssuer, when set, must equal the token's iss.
+	AuthIssuer string `yaml:"auth-issuer" help:"required JWT issuer"`
+	// PublishKeyFile holds the API key for POST /v1/publish (sent as
+	// Authorization: Bearer KEY). With auth on, a JWT with publish claims is
+	// accepted too. Default: the publish API is open when auth is off.
+	PublishKeyFile string `yaml:"publish-key-file" help:"file with the API key POST /v1/publish requires"`
+	// AllowedOrigins lists browser origins allowed to connect, comma
+	// separated, exact ("https://app.example.com") or with a wildcard host
+	// ("https://*.example.com"); others get 403. Requests without Origin
+	// (non-browser clients) are allowed. Default "" (any origin).
+	AllowedOrigins string `yaml:"allowed-origins" help:"comma-separated allowed Origin values (wildcards like https://*.example.com); empty: any"`
+
+	// MaxConnections bounds open sockets; more get 503 with Retry-After.
+	// Default 0 (no limit besides the fd limit).
+	MaxConnections int `yaml:"max-connections" help:"maximum open sockets (503 above; 0: no limit)"`
+	// ConnRate bounds new connections per second in total (429 above).
+	// Default 0 (no limit).
+	ConnRate int `yaml:"conn-rate" help:"new connections per second in total (429 above; 0: no limit)"`
+	// ConnRatePerIP bounds new connections per second per source IP (429
+	// above). Default 0 (no limit).
+	ConnRatePerIP int `yaml:"conn-rate-per-ip" help:"new connections per second per source IP (429 above; 0: no limit)"`
+	// OpsPerSecond bounds in-band client ops per connection (burst twice
+	// that); a client above it is closed 1008. Default 50.
+	OpsPerSecond int `yaml:"ops-per-second" help:"client ops per second per connection (close 1008 above)"`
+	// MaxSubscriptions bounds topics per connection. Default 1000.
+	MaxSubscriptions int `yaml:"max-subscriptions" help:"subscriptions per connection"`
+
 	// LogLevel is debug, info, warn or error. Default info. Used by cmd/surge.
 	LogLevel string `yaml:"log-level" help:"debug, info, warn or error"`
 	// LogSample bounds log records per second per (message, reason) group,
@@ -159,6 +195,8 @@ func (c *Config) Normalize() {
 		c.LogLevel = "info"
 	}
 	setDefault(&c.LogSample, 10)
+	setDefault(&c.OpsPerSecond, 50)
+	setDefault(&c.MaxSubscriptions, 1000)
 	if c.LogFormat == "" {
 		c.LogFormat = "text"
 	}

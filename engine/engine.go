@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"os"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -47,6 +48,10 @@ type Engine struct {
 	admin       *http.Server
 	deflater    *conn.Deflater
 	pubPrefixes []string
+	auth        *authenticator // nil: authentication off
+	publishKey  string
+	origins     []string
+	connLimit   *connLimiter
 }
 
 // Option customises New for one call.
@@ -80,6 +85,21 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Engine, error) {
 			e.pubPrefixes = append(e.pubPrefixes, p)
 		}
 	}
+	e.auth, err = newAuthenticator(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.PublishKeyFile != "" {
+		b, err := os.ReadFile(cfg.PublishKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("engine: publish key: %w", err)
+		}
+		if e.publishKey = strings.TrimSpace(string(b)); len(e.publishKey) < 16 {
+			return nil, errors.New("engine: publish key: want at least 16 characters")
+		}
+	}
+	e.origins = splitList(cfg.AllowedOrigins)
+	e.connLimit = newConnLimiter(cfg.ConnRate, cfg.ConnRatePerIP)
 	e.deflater = new(conn.Deflater)
 	threshold := cfg.DeflateThreshold
 	e.reg, err = topics.New(topics.Config{
@@ -235,8 +255,17 @@ func (e *Engine) Open(t *poller.Conn) poller.Events {
 	s := &session{e: e}
 	s.Init(t, s, &e.ccfg, e.wheel)
 	e.st.accepted.Add(1)
-	if e.draining.Load() {
+	switch {
+	case e.draining.Load():
 		s.RejectHTTP(&conn.HTTPError{Status: http.StatusServiceUnavailable, Msg: "server shutting down", Header: "Retry-After: 5\r\n"})
+	case e.cfg.MaxConnections > 0 && e.poll.Conns() > int64(e.cfg.MaxConnections):
+		e.st.reject(e.log, rejectMaxConns)
+		s.RejectHTTP(&conn.HTTPError{Status: http.StatusServiceUnavailable, Msg: "too many connections", Header: "Retry-After: 5\r\n"})
+	case e.connLimit != nil:
+		if ok, which := e.connLimit.allow(t.RemoteAddr().String()); !ok {
+			e.st.reject(e.log, which)
+			s.RejectHTTP(&conn.HTTPError{Status: http.StatusTooManyRequests, Msg: "too many new connections", Header: "Retry-After: 1\r\n"})
+		}
 	}
 	return s
 }

@@ -17,9 +17,12 @@ import (
 // connection by the engine.
 type session struct {
 	conn.Conn
-	e    *Engine
-	mode uint8 // modeWS or modeEcho once upgraded
-	subs []*topics.Sub
+	e        *Engine
+	mode     uint8   // modeWS or modeEcho once upgraded
+	opTokens float32 // in-band op token bucket (OpsPerSecond, burst 2×)
+	opLast   int64   // wheel ms of the last refill
+	subs     []*topics.Sub
+	grant    *Grant // nil when authentication is off
 }
 
 const (
@@ -48,6 +51,20 @@ func (s *session) upgrade(head *conn.RequestHead, raw []byte, echo bool) {
 		s.RejectHTTP(&conn.HTTPError{Status: 503, Msg: "server shutting down", Header: "Retry-After: 5\r\n"})
 		return
 	}
+	if !originAllowed(e.origins, string(head.Origin)) {
+		e.st.reject(e.log, rejectOrigin)
+		s.RejectHTTP(&conn.HTTPError{Status: 403, Msg: "origin not allowed"})
+		return
+	}
+	if e.auth != nil {
+		g, err := e.auth.verify(TokenFrom(string(head.Authorization), string(head.Query), string(head.Protocols)))
+		if err != nil {
+			e.st.reject(e.log, rejectAuth)
+			s.RejectHTTP(&conn.HTTPError{Status: 401, Msg: err.Error(), Header: "WWW-Authenticate: Bearer realm=\"surge\"\r\n"})
+			return
+		}
+		s.grant = &g
+	}
 	var names []string
 	if !echo && len(head.Query) > 0 {
 		q, err := url.ParseQuery(string(head.Query))
@@ -57,15 +74,26 @@ func (s *session) upgrade(head *conn.RequestHead, raw []byte, echo bool) {
 			return
 		}
 		names = q["topic"]
+		if len(names) > e.cfg.MaxSubscriptions {
+			e.st.reject(e.log, rejectTooManyTopics)
+			s.RejectHTTP(&conn.HTTPError{Status: 400, Msg: "too many topics (max-subscriptions)"})
+			return
+		}
 		for _, n := range names {
 			if !topics.ValidName(n) {
 				e.st.handshakeFail(e.log, "bad topic", nil)
 				s.RejectHTTP(&conn.HTTPError{Status: 400, Msg: "invalid topic " + quoteTrunc(n) + ": " + topics.ErrTopicName.Error()})
 				return
 			}
+			if s.grant != nil && !Allows(s.grant.Subscribe, n) {
+				e.st.reject(e.log, rejectTopicForbidden)
+				s.RejectHTTP(&conn.HTTPError{Status: 403, Msg: "token does not allow subscribing to " + quoteTrunc(n)})
+				return
+			}
 		}
 	}
 	u := e.up
+	u.Protocol = func(p []byte) bool { return string(p) == JWTSubprotocol }
 	var deflate bool
 	if *e.cfg.Deflate {
 		u.Negotiate = conn.NegotiateDeflate(&deflate)
@@ -79,6 +107,10 @@ func (s *session) upgrade(head *conn.RequestHead, raw []byte, echo bool) {
 	if deflate {
 		e.st.deflateConns.Add(1)
 	}
+	if s.grant != nil && !s.grant.Expires.IsZero() {
+		s.SetExpiry(s.grant.Expires)
+	}
+	s.opTokens, s.opLast = float32(2*e.cfg.OpsPerSecond), e.wheel.Now()
 	if echo {
 		s.mode = modeEcho
 		return
@@ -161,6 +193,11 @@ func (s *session) OnMessage(c *conn.Conn, op ws.OpCode, payload []byte) {
 		}
 		return
 	}
+	if !s.takeOp() {
+		e.st.opsLimited.Add(1)
+		c.Close(ws.StatusPolicyViolation, conn.ReasonPolicy, "too many requests")
+		return
+	}
 	if op != ws.OpText {
 		s.reply(errorReply("", "bad_request", "binary frames are not accepted from clients; send JSON text"))
 		return
@@ -175,6 +212,15 @@ func (s *session) OnMessage(c *conn.Conn, op ws.OpCode, payload []byte) {
 	case "subscribe":
 		if !topics.ValidName(req.Topic) {
 			s.reply(errorReply(id, "bad_topic", topics.ErrTopicName.Error()))
+			return
+		}
+		if s.grant != nil && !Allows(s.grant.Subscribe, req.Topic) {
+			e.st.forbidden.Add(1)
+			s.reply(errorReply(id, "forbidden", "token does not allow subscribing to "+req.Topic))
+			return
+		}
+		if len(s.subs) >= e.cfg.MaxSubscriptions && s.find(req.Topic) < 0 {
+			s.reply(errorReply(id, "too_many_subscriptions", "subscription limit reached (max-subscriptions)"))
 			return
 		}
 		err := s.subscribe(req.Topic, req.Since, func(rec topics.Recovery) {
@@ -198,7 +244,8 @@ func (s *session) OnMessage(c *conn.Conn, op ws.OpCode, payload []byte) {
 		}
 		s.reply(okReply(id, req.Topic))
 	case "publish":
-		if !e.clientMayPublish(req.Topic) {
+		if !e.clientMayPublish(req.Topic) || s.grant != nil && !Allows(s.grant.Publish, req.Topic) {
+			e.st.forbidden.Add(1)
 			s.reply(errorReply(id, "forbidden", "publishing to this topic over WebSocket is not allowed on this server"))
 			return
 		}
@@ -217,6 +264,22 @@ func (s *session) OnMessage(c *conn.Conn, op ws.OpCode, payload []byte) {
 	default:
 		s.reply(errorReply(id, "unknown_op", "unknown op "+quoteTrunc(req.Op)))
 	}
+}
+
+// takeOp takes one token from the session's op bucket (OpsPerSecond per
+// second, burst 2×OpsPerSecond).
+func (s *session) takeOp() bool {
+	rate := float32(s.e.cfg.OpsPerSecond)
+	now := s.e.wheel.Now()
+	if dt := now - s.opLast; dt > 0 {
+		s.opTokens = min(2*rate, s.opTokens+float32(dt)*rate/1000)
+		s.opLast = now
+	}
+	if s.opTokens < 1 {
+		return false
+	}
+	s.opTokens--
+	return true
 }
 
 func (e *Engine) clientMayPublish(topic string) bool {

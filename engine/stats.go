@@ -34,6 +34,44 @@ type stats struct {
 	wsCloses     [conn.NumReasons]atomic.Int64
 
 	lastHandshakeLog atomic.Int64
+	rejects          [numRejects]atomic.Int64
+	opsLimited       atomic.Int64
+	forbidden        atomic.Int64
+}
+
+// Reasons a connection or request is refused by a limit or access control.
+const (
+	rejectMaxConns = iota
+	rejectConnRate
+	rejectConnRatePerIP
+	rejectOrigin
+	rejectAuth
+	rejectTopicForbidden
+	rejectTooManyTopics
+	rejectPublishAuth
+	numRejects
+)
+
+var rejectNames = [numRejects]string{"max_connections", "conn_rate", "conn_rate_per_ip", "origin", "auth", "topic_forbidden", "too_many_topics", "publish_auth"}
+
+// reject counts a refusal; which is a reject index or one of rejectNames.
+func (s *stats) reject(log *slog.Logger, which any) {
+	i := -1
+	switch w := which.(type) {
+	case int:
+		i = w
+	case string:
+		for j, n := range rejectNames {
+			if n == w {
+				i = j
+			}
+		}
+	}
+	if i < 0 {
+		return
+	}
+	s.rejects[i].Add(1)
+	log.Info("request refused", "reason", rejectNames[i])
 }
 
 func (s *stats) closed(r conn.Reason, ws bool) {
@@ -75,6 +113,9 @@ type Stats struct {
 	SlowConsumerCloses int64            `json:"slow_consumer_closes"`
 	WriteStalls        int64            `json:"write_stalls"`
 	TopicsReclaimed    int64            `json:"topics_reclaimed"`
+	Rejections         map[string]int64 `json:"rejections"`
+	OpsRateLimited     int64            `json:"ops_rate_limited"`
+	Forbidden          int64            `json:"forbidden"`
 	Closes             map[string]int64 `json:"closes"`
 	Evictions          map[string]int64 `json:"evictions"`
 	HTTPRequests       int64            `json:"http_requests"`
@@ -114,6 +155,9 @@ func (e *Engine) Stats() Stats {
 		SlowConsumerCloses: cs.SlowClosed.Load(),
 		WriteStalls:        e.poll.WriteStalls(),
 		TopicsReclaimed:    rs.Reclaimed.Load(),
+		Rejections:         map[string]int64{},
+		OpsRateLimited:     e.st.opsLimited.Load(),
+		Forbidden:          e.st.forbidden.Load(),
 		Closes:             map[string]int64{},
 		Evictions:          map[string]int64{},
 		HTTPRequests:       e.st.httpRequests.Load(),
@@ -123,6 +167,9 @@ func (e *Engine) Stats() Stats {
 		Goroutines:         runtime.NumGoroutine(),
 		UptimeSeconds:      time.Since(e.start).Seconds(),
 		Draining:           e.draining.Load(),
+	}
+	for i, n := range rejectNames {
+		st.Rejections[n] = e.st.rejects[i].Load()
 	}
 	for _, r := range conn.Reasons() {
 		if n := e.st.wsCloses[r].Load(); n > 0 {
@@ -199,6 +246,10 @@ func (e *Engine) registerMetrics() error {
 		counter("surge_slow_consumer_closes_total", "Connections closed by the disconnect policy.", cs.SlowClosed.Load),
 		counter("surge_write_stalls_total", "Times a socket send buffer filled and a connection waited for write readiness.", e.poll.WriteStalls),
 		counter("surge_topics_reclaimed_total", "Idle empty topics reclaimed.", rs.Reclaimed.Load),
+		&rejectCollector{e: e, desc: prometheus.NewDesc("surge_rejections_total",
+			"Connections and requests refused by limits and access control, by reason.", []string{"reason"}, nil)},
+		counter("surge_ops_rate_limited_total", "Connections closed for exceeding the in-band op rate.", e.st.opsLimited.Load),
+		counter("surge_forbidden_total", "Ops refused by token claims.", e.st.forbidden.Load),
 		&closeCollector{e: e, desc: prometheus.NewDesc("surge_connections_closed_total",
 			"Closed sockets by reason.", []string{"reason"}, nil)},
 		collectors.NewGoCollector(),
@@ -222,5 +273,18 @@ func (c *closeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 func (c *closeCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range conn.Reasons() {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(c.e.st.closes[r].Load()), r.String())
+	}
+}
+
+type rejectCollector struct {
+	e    *Engine
+	desc *prometheus.Desc
+}
+
+func (c *rejectCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *rejectCollector) Collect(ch chan<- prometheus.Metric) {
+	for i, n := range rejectNames {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(c.e.st.rejects[i].Load()), n)
 	}
 }
