@@ -131,13 +131,17 @@ func (s *session) find(name string) int {
 }
 
 func (s *session) subscribe(name string, since *uint64, ready func(topics.Recovery)) error {
+	return s.subscribeEpoch(name, since, "", ready)
+}
+
+func (s *session) subscribeEpoch(name string, since *uint64, epoch string, ready func(topics.Recovery)) error {
 	if s.find(name) >= 0 {
 		if ready != nil {
 			ready(topics.Recovery{Complete: true})
 		}
 		return nil
 	}
-	sub, _, err := s.e.reg.Subscribe(name, &s.Conn, since, ready)
+	sub, _, err := s.e.reg.SubscribeEpoch(name, &s.Conn, since, epoch, ready)
 	if err != nil {
 		return err
 	}
@@ -166,6 +170,7 @@ type clientOp struct {
 	Since *uint64         `json:"since"`
 	Data  json.RawMessage `json:"data"`
 	Key   string          `json:"key"`
+	Epoch string          `json:"epoch"`
 }
 
 // ParseOp parses a client text frame; it is the client-op parser the fuzz
@@ -223,7 +228,7 @@ func (s *session) OnMessage(c *conn.Conn, op ws.OpCode, payload []byte) {
 			s.reply(errorReply(id, "too_many_subscriptions", "subscription limit reached (max-subscriptions)"))
 			return
 		}
-		err := s.subscribe(req.Topic, req.Since, func(rec topics.Recovery) {
+		err := s.subscribeEpoch(req.Topic, req.Since, req.Epoch, func(rec topics.Recovery) {
 			if rec.Requested && !rec.Complete {
 				s.reply(recoveryReply(id, req.Topic, rec))
 				return
@@ -348,6 +353,10 @@ func okSubscribeReply(id, topic string, rec topics.Recovery) []byte {
 	b.WriteString(quote(topic))
 	b.WriteString(`,"seq":`)
 	b.WriteString(strconv.FormatUint(rec.Seq, 10))
+	if rec.Epoch != "" {
+		b.WriteString(`,"epoch":`)
+		b.WriteString(quote(rec.Epoch))
+	}
 	if rec.Requested {
 		b.WriteString(`,"recovered":true`)
 	}
@@ -366,10 +375,11 @@ func recoveryReply(id, topic string, rec topics.Recovery) []byte {
 		Topic      string          `json:"topic"`
 		Seq        uint64          `json:"seq"`
 		Oldest     uint64          `json:"oldest"`
+		Epoch      string          `json:"epoch"`
 		Subscribed bool            `json:"subscribed"`
 	}{"error", rawID(id), "recovery_incomplete",
-		"messages after since are no longer retained; subscribed anyway, resync from your source of truth",
-		topic, rec.Seq, rec.Oldest, true})
+		"messages after since are no longer retained (or the topic was reclaimed: see epoch); subscribed anyway, resync from your source of truth",
+		topic, rec.Seq, rec.Oldest, rec.Epoch, true})
 	return b
 }
 

@@ -1,6 +1,10 @@
 package topics
 
-import "github.com/surgepush/surge/conn"
+import (
+	"time"
+
+	"github.com/surgepush/surge/conn"
+)
 
 // ring is a topic's history: the last N messages, oldest first, each with
 // the time it was published. It allocates its slots on first use.
@@ -38,10 +42,13 @@ func (r *ring) push(seq uint64, m *conn.Message, at int64) {
 }
 
 // expire drops entries older than ttl (0: keep all).
-func (r *ring) expire(now int64, ttl interface{ Milliseconds() int64 }) {
+func (r *ring) expire(now int64, ttl time.Duration) {
 	limit := ttl.Milliseconds()
-	if limit <= 0 {
-		return
+	switch {
+	case ttl <= 0:
+		return // no age limit
+	case limit == 0:
+		limit = 1 // under a millisecond: the clock's resolution
 	}
 	for r.n > 0 && now-r.buf[r.start].at > limit {
 		r.buf[r.start] = entry{}

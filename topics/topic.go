@@ -23,6 +23,7 @@ type Topic struct {
 	lastActive int64 // registry ms of the last publish or unsubscribe
 	hist       ring
 	rate       rate // publishes per second, decaying average
+	epoch      string
 }
 
 // Sub is one subscription of one subscriber to one topic.
@@ -39,7 +40,7 @@ func (s *Sub) Topic() *Topic { return s.t }
 func (t *Topic) Name() string { return t.name }
 
 func newTopic(r *Registry, name string) *Topic {
-	t := &Topic{name: name, r: r, rule: r.rule(name), lastActive: r.now()}
+	t := &Topic{name: name, r: r, rule: r.rule(name), lastActive: r.now(), epoch: r.newEpoch()}
 	t.hist.init(t.rule.HistorySize)
 	return t
 }
@@ -51,6 +52,7 @@ type Recovery struct {
 	Replayed  int    // messages replayed
 	Seq       uint64 // the topic's current seq
 	Oldest    uint64 // oldest retained seq (0: none)
+	Epoch     string // the topic's lifetime; changes when it is reclaimed and made anew
 }
 
 // Subscribe adds s to topic name, creating the topic on first use. With
@@ -63,7 +65,16 @@ type Recovery struct {
 // ready, when not nil, is called under the topic lock after the recovery is
 // assessed and before anything is replayed, so a reply it sends precedes
 // the replayed and live messages.
+//
+// epoch, when not empty, is the topic epoch the client saw with since; a
+// different epoch (the topic was reclaimed and its seq restarted) makes the
+// recovery incomplete.
 func (r *Registry) Subscribe(name string, s Subscriber, since *uint64, ready func(Recovery)) (*Sub, Recovery, error) {
+	return r.SubscribeEpoch(name, s, since, "", ready)
+}
+
+// SubscribeEpoch is Subscribe with the epoch the client last saw.
+func (r *Registry) SubscribeEpoch(name string, s Subscriber, since *uint64, epoch string, ready func(Recovery)) (*Sub, Recovery, error) {
 	if !ValidName(name) {
 		return nil, Recovery{}, ErrTopicName
 	}
@@ -72,8 +83,13 @@ func (r *Registry) Subscribe(name string, s Subscriber, since *uint64, ready fun
 	var rec Recovery
 	if since != nil {
 		rec = t.assessLocked(*since)
+		if epoch != "" && epoch != t.epoch {
+			rec.Complete = false
+			zero := uint64(0)
+			since = &zero // a new lifetime: everything retained is new to the client
+		}
 	}
-	rec.Seq = t.seq
+	rec.Seq, rec.Epoch = t.seq, t.epoch
 	if ready != nil {
 		ready(rec)
 	}

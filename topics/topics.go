@@ -2,6 +2,7 @@ package topics
 
 import (
 	"errors"
+	"math/rand/v2"
 	"hash/maphash"
 	"sort"
 	"strconv"
@@ -24,6 +25,10 @@ var (
 
 // MaxTopicLen is the longest accepted topic name.
 const MaxTopicLen = 128
+
+// MaxHistory bounds a topic's history ring (its slots are allocated on the
+// first publish: 24 bytes each, plus the retained messages).
+const MaxHistory = 100_000
 
 // Subscriber is a connection as the registry sees it. *conn.Conn implements it.
 type Subscriber interface {
@@ -74,7 +79,10 @@ func ParseRules(s string, def Rule) ([]Rule, error) {
 		if part == "" {
 			continue
 		}
-		prefix, opts, ok := strings.Cut(part, ":")
+		// Split at the last ':' (topic names, and so prefixes, may contain ':';
+		// options never do).
+		i := strings.LastIndex(part, ":")
+		prefix, opts, ok := part[:max(i, 0)], part[i+1:], i >= 0
 		if !ok {
 			return nil, errors.New("topics: rule " + strconv.Quote(part) + ": want prefix:key=value,…")
 		}
@@ -94,8 +102,8 @@ func ParseRules(s string, def Rule) ([]Rule, error) {
 				r.Policy = p
 			case "history":
 				n, err := strconv.Atoi(v)
-				if err != nil || n < 0 {
-					return nil, errors.New("topics: rule " + strconv.Quote(part) + ": history must be a count ≥ 0")
+				if err != nil || n < 0 || n > MaxHistory {
+					return nil, errors.New("topics: rule " + strconv.Quote(part) + ": history must be a count from 0 to " + strconv.Itoa(MaxHistory))
 				}
 				r.HistorySize = n
 			case "ttl":
@@ -124,8 +132,7 @@ type Config struct {
 	// with at most this many subscribers is delivered inline by the
 	// publisher without the pool. Default 512.
 	ShardSize int
-	// Workers bounds the fan-out pool. Default 4 × GOMAXPROCS… set by New
-	// from ants' defaults when 0: 8.
+	// Workers bounds the fan-out pool. Default 8.
 	Workers int
 	// DeflateThreshold: messages whose frame payload is at least this many
 	// bytes are also compressed once (when any subscriber negotiated
@@ -143,7 +150,7 @@ type Config struct {
 type Counters struct {
 	Published        atomic.Int64 // messages published
 	Deliveries       atomic.Int64 // subscriber queue appends
-	DeliveryBytes    atomic.Int64 // bytes of frames queued (plain or compressed as sent)
+	DeliveryBytes    atomic.Int64 // bytes of frames queued, counted at their plain size
 	CompressedFrames atomic.Int64 // messages compressed (once each)
 	Replayed         atomic.Int64 // history messages replayed on subscribe
 	Reclaimed        atomic.Int64 // topics reclaimed
@@ -185,6 +192,7 @@ func New(cfg Config) (*Registry, error) {
 	if cfg.IdleTTL <= 0 {
 		cfg.IdleTTL = 2 * time.Minute
 	}
+	cfg.Default.HistorySize = min(cfg.Default.HistorySize, MaxHistory)
 	for _, r := range append([]Rule{cfg.Default}, cfg.Rules...) {
 		cfg.IdleTTL = max(cfg.IdleTTL, r.HistoryTTL)
 	}
@@ -230,6 +238,11 @@ func (r *Registry) Close(started bool) {
 }
 
 func (r *Registry) now() int64 { return time.Since(r.start).Milliseconds() }
+
+// newEpoch returns a short random token naming a topic's lifetime.
+func (r *Registry) newEpoch() string {
+	return strconv.FormatUint(rand.Uint64()>>16, 36)
+}
 
 func (r *Registry) rule(name string) *Rule {
 	for i := range r.cfg.Rules {
@@ -345,6 +358,9 @@ func (r *Registry) TopBy(n int, byRate bool) []TopicInfo {
 		}
 		return a.Name < b.Name
 	})
+	if n < 0 {
+		n = 0
+	}
 	if len(all) > n {
 		all = all[:n]
 	}
@@ -355,8 +371,9 @@ func (r *Registry) TopBy(n int, byRate bool) []TopicInfo {
 // text frame whose payload is {"op":"message","topic":name,"seq":seq,"data":data}.
 // name must be valid (no JSON escaping needed) and data valid JSON.
 func EncodeMessage(name string, seq uint64, data []byte) []byte {
+	var digits [20]byte
 	n := len(`{"op":"message","topic":"","seq":,"data":}`) + len(name) + len(data)
-	n += len(strconv.AppendUint(nil, seq, 10))
+	n += len(strconv.AppendUint(digits[:0], seq, 10))
 	p := make([]byte, 0, conn.HeaderSize(n)+n)
 	p = conn.AppendHeader(p, ws.OpText, true, false, n)
 	p = append(p, `{"op":"message","topic":"`...)
