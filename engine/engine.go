@@ -3,11 +3,11 @@ package engine
 import (
 	"context"
 	"errors"
-	"os"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"

@@ -2,8 +2,8 @@ package topics
 
 import (
 	"errors"
-	"math/rand/v2"
 	"hash/maphash"
+	"math/rand/v2"
 	"sort"
 	"strconv"
 	"strings"
