@@ -167,7 +167,7 @@ func TokenFrom(authorization, rawQuery, protocols string) string {
 	}
 	if rawQuery != "" {
 		if q, err := url.ParseQuery(rawQuery); err == nil {
-			if t := q.Get("token"); t != "" {
+			if t := strings.TrimSpace(q.Get("token")); t != "" {
 				return t
 			}
 		}
