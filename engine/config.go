@@ -123,6 +123,16 @@ type Config struct {
 	// (non-browser clients) are allowed. Default "" (any origin).
 	AllowedOrigins string `yaml:"allowed-origins" help:"comma-separated allowed Origin values (wildcards like https://*.example.com); empty: any"`
 
+	// TLSListen, when set, serves wss:// and https:// on this address too
+	// (e.g. ":8443") with TLSCertFile and TLSKeyFile; SIGHUP reloads them.
+	// Default off. See tuning/README.md for the per-connection cost and for
+	// terminating TLS in a proxy instead.
+	TLSListen string `yaml:"tls-listen" help:"address for the TLS listener (wss://, https://); off when empty"`
+	// TLSCertFile is the PEM certificate chain for TLSListen.
+	TLSCertFile string `yaml:"tls-cert-file" help:"PEM certificate chain for --tls-listen"`
+	// TLSKeyFile is the PEM private key for TLSListen.
+	TLSKeyFile string `yaml:"tls-key-file" help:"PEM private key for --tls-listen"`
+
 	// MaxConnections bounds open sockets; more get 503 with Retry-After.
 	// Default 0 (no limit besides the fd limit).
 	MaxConnections int `yaml:"max-connections" help:"maximum open sockets (503 above; 0: no limit)"`

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,6 +53,7 @@ type Engine struct {
 	publishKey  string
 	origins     []string
 	connLimit   *connLimiter
+	cert        atomic.Pointer[tls.Certificate]
 }
 
 // Option customises New for one call.
@@ -154,6 +156,11 @@ func (e *Engine) Start() error {
 	if err := e.poll.Listen("tcp", e.cfg.Listen); err != nil {
 		return err
 	}
+	if e.cfg.TLSListen != "" {
+		if err := e.startTLS(); err != nil {
+			return err
+		}
+	}
 	go e.wheel.Run()
 	go e.reg.Run()
 	if e.cfg.PprofListen != "" {
@@ -251,7 +258,7 @@ func (e *Engine) drain(ctx context.Context) {
 }
 
 // Open implements poller.Handler: every accepted socket becomes a session.
-func (e *Engine) Open(t *poller.Conn) poller.Events {
+func (e *Engine) Open(t poller.Transport) poller.Events {
 	s := &session{e: e}
 	s.Init(t, s, &e.ccfg, e.wheel)
 	e.st.accepted.Add(1)

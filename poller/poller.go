@@ -29,9 +29,19 @@ type Events interface {
 
 // Handler is called by the Poller for every accepted connection.
 type Handler interface {
-	// Open returns the receiver of c's events. It runs on a netpoll poller
-	// goroutine and must not block.
-	Open(c *Conn) Events
+	// Open returns the receiver of c's events. It runs on an accepting
+	// goroutine and must not block. c is a *Conn (plain) or *TLSConn.
+	Open(c Transport) Events
+}
+
+// Transport is an accepted socket: *Conn or *TLSConn. Both implement
+// conn.Transport.
+type Transport interface {
+	Writev(bufs [][]byte) (int, error)
+	WaitWritable() error
+	CloseWrite() error
+	Close() error
+	RemoteAddr() net.Addr
 }
 
 // Config configures a Poller. The zero value is valid.
@@ -120,6 +130,10 @@ type Poller struct {
 	done   chan error
 	conns  atomic.Int64
 	stalls atomic.Int64
+
+	tlsMu    sync.Mutex
+	tlsLn    net.Listener
+	tlsConns map[*TLSConn]struct{}
 }
 
 // New creates a Poller. It does not listen yet.
@@ -175,6 +189,7 @@ func (p *Poller) Close(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}
+	p.closeTLS()
 	p.wp.close()
 	return err
 }

@@ -16,9 +16,9 @@ func (nopEvents) Feed([]byte)          {}
 func (nopEvents) OnWritable()          {}
 func (e nopEvents) OnTransportClosed() { e.closed.Add(1) }
 
-type openFunc func(*Conn) Events
+type openFunc func(Transport) Events
 
-func (f openFunc) Open(c *Conn) Events { return f(c) }
+func (f openFunc) Open(c Transport) Events { return f(c) }
 
 // The trim of netpoll's unused per-connection buffers must find its fields
 // in the pinned netpoll version; if netpoll's layout changes this fails
@@ -26,8 +26,8 @@ func (f openFunc) Open(c *Conn) Events { return f(c) }
 func TestTrimFindsNetpollFields(t *testing.T) {
 	var closed atomic.Int32
 	opened := make(chan *Conn, 1)
-	p, err := New(Config{}, openFunc(func(c *Conn) Events {
-		opened <- c
+	p, err := New(Config{}, openFunc(func(c Transport) Events {
+		opened <- c.(*Conn)
 		return nopEvents{&closed}
 	}), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
