@@ -177,6 +177,7 @@ func TestHTTPAPIErrors(t *testing.T) {
 		{"GET", "/readyz", ``, 200, "ready"},
 		{"GET", "/metrics", ``, 200, "surge_connections"},
 		{"GET", "/echo", ``, 404, ""}, // echo is off by default
+		{"GET", "/", ``, 200, `data-testid="chart-connections"`},
 	}
 	for _, tc := range cases {
 		req, _ := http.NewRequest(tc.method, base+tc.path, strings.NewReader(tc.body))

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"io"
@@ -18,6 +19,11 @@ import (
 	"github.com/surgepush/surge/conn"
 	"github.com/surgepush/surge/topics"
 )
+
+// statusPage is the live status page served at / (no CDN, no build step).
+//
+//go:embed ui/index.html
+var statusPage []byte
 
 // The HTTP API runs on the same port as WebSocket, without a goroutine per
 // connection: conn hands each complete request (head and body, already in
@@ -40,6 +46,11 @@ func (e *Engine) routes() *http.ServeMux {
 		io.WriteString(w, "ready\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(e.prom, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-cache")
+		w.Write(statusPage)
+	})
 	return mux
 }
 
