@@ -39,6 +39,12 @@ type Config struct {
 	// allocates one when nil.
 	Deflater *Deflater
 
+	// OnStall, when set, is called with the queued frames and bytes each
+	// time a connection's socket fills and it starts waiting for write
+	// readiness (for a queue-depth histogram). It must be fast and must not
+	// call back into the Conn.
+	OnStall func(frames, bytes int)
+
 	// Counters receives the overflow-policy counts; New allocates one when nil.
 	Counters *Counters
 

@@ -864,6 +864,9 @@ func (c *Conn) flushLocked() action {
 				q.compact()
 			}
 			c.flags |= flagWaitWrite
+			if f := c.cfg.OnStall; f != nil {
+				f(len(q.bufs)-q.head, q.bytes)
+			}
 			if err := c.t.WaitWritable(); err != nil {
 				if c.reason == ReasonNone {
 					c.reason = ReasonWriteError

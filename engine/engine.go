@@ -21,6 +21,7 @@ import (
 	"github.com/surgepush/surge/conn"
 	"github.com/surgepush/surge/poller"
 	"github.com/surgepush/surge/topics"
+	"github.com/surgepush/surge/tuning"
 )
 
 // Errors returned by the engine.
@@ -153,6 +154,9 @@ func (e *Engine) Start() error {
 		return ErrStarted
 	}
 	raiseFileLimit(e.log)
+	for _, w := range tuning.ServeWarnings("/", e.cfg.MaxConnections) {
+		e.log.Warn("system limit below --max-connections; see `surge tune`", "warning", w)
+	}
 	if err := e.poll.Listen("tcp", e.cfg.Listen); err != nil {
 		return err
 	}

@@ -69,7 +69,7 @@ func (s *session) upgrade(head *conn.RequestHead, raw []byte, echo bool) {
 	if !echo && len(head.Query) > 0 {
 		q, err := url.ParseQuery(string(head.Query))
 		if err != nil {
-			e.st.handshakeFail(e.log, "bad query", err)
+			e.st.handshakeFail(e.log, hsBadQuery, err)
 			s.RejectHTTP(&conn.HTTPError{Status: 400, Msg: "malformed query string"})
 			return
 		}
@@ -81,7 +81,7 @@ func (s *session) upgrade(head *conn.RequestHead, raw []byte, echo bool) {
 		}
 		for _, n := range names {
 			if !topics.ValidName(n) {
-				e.st.handshakeFail(e.log, "bad topic", nil)
+				e.st.handshakeFail(e.log, hsBadTopic, nil)
 				s.RejectHTTP(&conn.HTTPError{Status: 400, Msg: "invalid topic " + quoteTrunc(n) + ": " + topics.ErrTopicName.Error()})
 				return
 			}
@@ -99,7 +99,7 @@ func (s *session) upgrade(head *conn.RequestHead, raw []byte, echo bool) {
 		u.Negotiate = conn.NegotiateDeflate(&deflate)
 	}
 	if _, err := s.Upgrade(raw, head, &u); err != nil {
-		e.st.handshakeFail(e.log, "upgrade rejected", err)
+		e.st.handshakeFail(e.log, hsRejected, err)
 		return
 	}
 	e.st.upgraded.Add(1)

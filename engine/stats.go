@@ -30,10 +30,11 @@ type stats struct {
 	drained      atomic.Int64
 	deflateConns atomic.Int64
 	fanout       prometheus.Histogram
+	queueDepth   prometheus.Histogram
 	closes       [conn.NumReasons]atomic.Int64
 	wsCloses     [conn.NumReasons]atomic.Int64
 
-	lastHandshakeLog atomic.Int64
+	hsFails          [numHandshakeFails]atomic.Int64
 	rejects          [numRejects]atomic.Int64
 	opsLimited       atomic.Int64
 	forbidden        atomic.Int64
@@ -81,13 +82,21 @@ func (s *stats) closed(r conn.Reason, ws bool) {
 	}
 }
 
-// handshakeFail counts a rejected upgrade and logs it, at most once a second.
-func (s *stats) handshakeFail(log *slog.Logger, what string, err error) {
+// Upgrade failures by reason (the surge_handshake_failures_total label).
+const (
+	hsBadQuery = iota // malformed query string
+	hsBadTopic        // invalid topic name in ?topic=
+	hsRejected        // gobwas/ws rejected the upgrade (400/405/426…)
+	numHandshakeFails
+)
+
+var hsNames = [numHandshakeFails]string{"bad_query", "bad_topic", "rejected"}
+
+// handshakeFail counts a rejected upgrade and logs it (sampled by reason).
+func (s *stats) handshakeFail(log *slog.Logger, why int, err error) {
 	s.handshakeBad.Add(1)
-	now := time.Now().Unix()
-	if last := s.lastHandshakeLog.Load(); last != now && s.lastHandshakeLog.CompareAndSwap(last, now) {
-		log.Info("handshake rejected", "reason", what, "err", err, "total", s.handshakeBad.Load())
-	}
+	s.hsFails[why].Add(1)
+	log.Info("handshake rejected", "reason", hsNames[why], "err", err)
 }
 
 // Stats is the JSON document served at GET /v1/stats.
@@ -224,15 +233,31 @@ func (e *Engine) registerMetrics() error {
 		Help:    "Time from publish accepted to the last subscriber's queue append.",
 		Buckets: prometheus.ExponentialBuckets(5e-6, 2.5, 14),
 	})
+	e.st.queueDepth = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "surge_write_queue_depth_frames",
+		Help:    "Frames queued on a connection when its socket filled and it began waiting for write readiness.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 12),
+	})
+	e.ccfg.OnStall = func(frames, _ int) { e.st.queueDepth.Observe(float64(frames)) }
+	pool := func(name string, f func() (int, int)) []prometheus.Collector {
+		return []prometheus.Collector{
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "surge_pool_running", Help: "Busy workers of a pool.", ConstLabels: prometheus.Labels{"pool": name}},
+				func() float64 { r, _ := f(); return float64(r) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "surge_pool_capacity", Help: "Workers a pool may run.", ConstLabels: prometheus.Labels{"pool": name}},
+				func() float64 { _, c := f(); return float64(c) }),
+		}
+	}
 	cols := []prometheus.Collector{
 		e.st.fanout,
+		e.st.queueDepth,
 		gauge("surge_connections", "Open WebSocket connections.", func() float64 { return float64(e.st.wsOpen.Load()) }),
 		gauge("surge_deflate_connections", "Open WebSocket connections with permessage-deflate.", func() float64 { return float64(e.st.deflateConns.Load()) }),
 		gauge("surge_sockets", "Open TCP sockets (WebSocket, HTTP and handshaking).", func() float64 { return float64(e.poll.Conns()) }),
 		gauge("surge_topics", "Topics in the registry.", func() float64 { n, _ := e.reg.Count(); return float64(n) }),
 		gauge("surge_subscriptions", "Subscriptions.", func() float64 { _, n := e.reg.Count(); return float64(n) }),
 		counter("surge_connections_opened_total", "WebSocket upgrades completed.", e.st.upgraded.Load),
-		counter("surge_handshake_failures_total", "Upgrade requests rejected.", e.st.handshakeBad.Load),
+		&labeledCounter{desc: prometheus.NewDesc("surge_handshake_failures_total", "Upgrade requests rejected, by reason.", []string{"reason"}, nil),
+			names: hsNames[:], vals: e.st.hsFails[:]},
 		counter("surge_messages_published_total", "Messages published.", rs.Published.Load),
 		counter("surge_messages_in_total", "WebSocket messages received.", e.st.msgIn.Load),
 		counter("surge_messages_delivered_total", "Messages queued to subscribers.", rs.Deliveries.Load),
@@ -255,6 +280,8 @@ func (e *Engine) registerMetrics() error {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
+	cols = append(cols, pool("io", e.poll.Pool)...)
+	cols = append(cols, pool("fanout", e.reg.Pool)...)
 	for _, c := range cols {
 		if err := e.prom.Register(c); err != nil {
 			return err
@@ -286,5 +313,20 @@ func (c *rejectCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 func (c *rejectCollector) Collect(ch chan<- prometheus.Metric) {
 	for i, n := range rejectNames {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(c.e.st.rejects[i].Load()), n)
+	}
+}
+
+// labeledCounter exports a fixed set of counters under one label.
+type labeledCounter struct {
+	desc  *prometheus.Desc
+	names []string
+	vals  []atomic.Int64
+}
+
+func (c *labeledCounter) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *labeledCounter) Collect(ch chan<- prometheus.Metric) {
+	for i, n := range c.names {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(c.vals[i].Load()), n)
 	}
 }

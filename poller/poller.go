@@ -171,6 +171,9 @@ func (p *Poller) Listen(network, addr string) error {
 // Addr returns the listening address.
 func (p *Poller) Addr() net.Addr { return p.ln.Addr() }
 
+// Pool returns the running workers and the capacity of the handler pool.
+func (p *Poller) Pool() (running, capacity int) { return p.pool.Running(), p.pool.Cap() }
+
 // WriteStalls returns how many times a socket's send buffer filled and a
 // connection had to wait for write readiness.
 func (p *Poller) WriteStalls() int64 { return p.stalls.Load() }

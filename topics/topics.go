@@ -237,6 +237,9 @@ func (r *Registry) Close(started bool) {
 	r.pool.Release()
 }
 
+// Pool returns the running workers and the capacity of the fan-out pool.
+func (r *Registry) Pool() (running, capacity int) { return r.pool.Running(), r.pool.Cap() }
+
 func (r *Registry) now() int64 { return time.Since(r.start).Milliseconds() }
 
 // newEpoch returns a short random token naming a topic's lifetime.

@@ -1,5 +1,6 @@
 // Command surge is the Surge WebSocket push engine: `surge serve` runs the
-// server, `surge load` the load generator.
+// server, `surge load` the load generator, `surge tune` checks the machine's
+// limits.
 package main
 
 import (
@@ -16,6 +17,7 @@ import (
 
 	"github.com/surgepush/surge/engine"
 	"github.com/surgepush/surge/loadtest"
+	"github.com/surgepush/surge/tuning"
 )
 
 const usage = `usage: surge <command> [flags]
@@ -23,6 +25,7 @@ const usage = `usage: surge <command> [flags]
 commands:
   serve   run the WebSocket push server (surge serve -h for settings)
   load    run the load generator (surge load -h)
+  tune    check ulimits, sysctls and memory for N connections (surge tune -h)
 `
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -37,6 +40,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(args[1:], stderr)
 	case "load":
 		return loadtest.Main(args[1:], stdout, stderr)
+	case "tune":
+		return tuning.Main(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -87,8 +92,14 @@ func serve(args []string, stderr io.Writer) int {
 		return 1
 	}
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	s := <-sig
+	for s == syscall.SIGHUP {
+		if err := e.ReloadTLS(); err != nil {
+			log.Error("reload on SIGHUP failed; keeping the old certificate", "err", err)
+		}
+		s = <-sig
+	}
 	log.Info("shutting down", "signal", s.String(), "timeout", e.Config().ShutdownTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), e.Config().ShutdownTimeout)
 	defer cancel()
