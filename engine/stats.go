@@ -34,10 +34,10 @@ type stats struct {
 	closes       [conn.NumReasons]atomic.Int64
 	wsCloses     [conn.NumReasons]atomic.Int64
 
-	hsFails          [numHandshakeFails]atomic.Int64
-	rejects          [numRejects]atomic.Int64
-	opsLimited       atomic.Int64
-	forbidden        atomic.Int64
+	hsFails    [numHandshakeFails]atomic.Int64
+	rejects    [numRejects]atomic.Int64
+	opsLimited atomic.Int64
+	forbidden  atomic.Int64
 }
 
 // Reasons a connection or request is refused by a limit or access control.
