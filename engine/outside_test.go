@@ -1,14 +1,18 @@
 package engine_test
 
 // Outside-client tests: independent WebSocket client libraries (Node `ws`,
-// Python `websockets`, Python `websocket-client`) run the scenario scripts in
-// test/clients against a real engine. The scripts print one JSON line and exit
-// non-zero with a message on stderr on failure.
+// Python `websockets`, Python `websocket-client`, and headless Chromium driven
+// by playwright-core) run the scenario scripts in test/clients against a real
+// engine. The scripts print one JSON line and exit non-zero with a message on
+// stderr on failure.
 //
 // Prerequisites (installed by .ci/run):
 //
-//	apt-get install -y --no-install-recommends python3-websockets python3-websocket
+//	apt-get install -y --no-install-recommends python3-websockets python3-websocket chromium
 //	(cd test/clients && npm ci --no-audit --no-fund)
+//
+// playwright-core never downloads a browser here: browser_deflate.mjs runs
+// Debian's /usr/bin/chromium.
 //
 // Without them the tests skip, except under CI (env CI non-empty), where they fail.
 
@@ -23,6 +27,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,7 +47,14 @@ type outsideClient struct {
 	install string                                  // how to get the prerequisites
 	check   func(dir string) error                  // prerequisites present?
 	command func(dir, script, base string) []string // argv
+	timeout time.Duration                           // whole script; 0 means defaultOutsideTimeout
 }
+
+// defaultOutsideTimeout bounds one scenario script (they bound themselves lower).
+const defaultOutsideTimeout = 30 * time.Second
+
+// systemChromium is the browser browser_deflate.mjs drives (Debian's package).
+const systemChromium = "/usr/bin/chromium"
 
 var outsideClients = []outsideClient{
 	{
@@ -59,6 +71,28 @@ var outsideClients = []outsideClient{
 			return nil
 		},
 		command: func(dir, script, base string) []string { return []string{"node", script, base} },
+	},
+	{
+		// A real browser: negotiates permessage-deflate and receives a compressed
+		// (~4 KiB) and a plain push; checks /v1/stats deflated_sent.
+		name:    "browser_deflate",
+		script:  "browser_deflate.mjs",
+		install: "apt-get install -y --no-install-recommends chromium, install Node 20 and run `npm ci --no-audit --no-fund` in test/clients",
+		check: func(dir string) error {
+			if _, err := exec.LookPath("node"); err != nil {
+				return err
+			}
+			if _, err := os.Stat(systemChromium); err != nil {
+				return err
+			}
+			if _, err := os.Stat(filepath.Join(dir, "node_modules", "playwright-core", "package.json")); err != nil {
+				return err
+			}
+			return nil
+		},
+		command: func(dir, script, base string) []string { return []string{"node", script, base} },
+		// Browser start-up plus the script's own 25 s watchdog and 10 s cleanup budget.
+		timeout: 60 * time.Second,
 	},
 	{
 		name:    "py_websockets",
@@ -96,11 +130,12 @@ type outsideResult struct {
 	OK      bool   `json:"ok"`
 	Seq     int64  `json:"seq"`
 	Runs    []struct {
-		Mode             string `json:"mode"`
-		OfferedDeflate   bool   `json:"offered_deflate"`
-		ExtensionsHeader string `json:"extensions_header"`
-		Seq              int64  `json:"seq"`
-		CloseCode        int    `json:"close_code"`
+		Mode              string `json:"mode"`
+		OfferedDeflate    bool   `json:"offered_deflate"`
+		ExtensionsOffered string `json:"extensions_offered"` // what the client sent, when it reports it
+		ExtensionsHeader  string `json:"extensions_header"`
+		Seq               int64  `json:"seq"`
+		CloseCode         int    `json:"close_code"`
 	} `json:"runs"`
 }
 
@@ -144,11 +179,18 @@ func runOutsideClient(t *testing.T, oc outsideClient, dir, script string) {
 	}()
 	base := "ws://" + e.Addr()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	timeout := oc.timeout
+	if timeout == 0 {
+		timeout = defaultOutsideTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	argv := oc.command(dir, script, base)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = dir
+	// On timeout ask the script to stop (so browser_deflate.mjs closes Chromium
+	// and removes its profile); kill it if it has not exited 5 s later.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -187,6 +229,9 @@ func runOutsideClient(t *testing.T, oc outsideClient, dir, script string) {
 			t.Errorf("%s [%s]: close code %d, want 1000", oc.name, r.Mode, r.CloseCode)
 		}
 		if r.OfferedDeflate {
+			if r.ExtensionsOffered != "" {
+				t.Logf("%s [%s]: client offered Sec-WebSocket-Extensions: %q", oc.name, r.Mode, r.ExtensionsOffered)
+			}
 			t.Logf("%s [%s]: deflate offered, server answered Sec-WebSocket-Extensions: %q", oc.name, r.Mode, r.ExtensionsHeader)
 		}
 	}

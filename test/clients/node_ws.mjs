@@ -11,6 +11,10 @@
 //   a. connect to BASE/ws?topic=T
 //   b. POST HTTP /v1/publish {"topic":T,"data":{...}} -> 200 {"result":"ok","topic":T,"seq":N>=1}
 //   c. exactly one text frame {"op":"message","topic":T,"seq":N,"data":<published data>}
+//   c2. POST a ~4 KiB message (above the server's 512-byte deflate threshold): it arrives
+//      intact as seq N+1 (with deflate, ws inflates it), and GET /v1/stats "deflated_sent"
+//      rose by exactly 1 when deflate was negotiated, by 0 when it was not (the plain
+//      subscriber gets the plain frame)
 //   d. ping "hello" -> pong "hello"
 //   e. {"op":"subscribe","topic":T2,"id":"7"} -> {"op":"ok","id":"7",...}
 //   f. close 1000 "bye" -> close event with code 1000
@@ -145,6 +149,34 @@ async function publish(topic, data) {
   return body.seq;
 }
 
+async function stats() {
+  const url = `${httpBase}/v1/stats`;
+  const res = await fetch(url, { signal: AbortSignal.timeout(STEP_TIMEOUT_MS) });
+  const text = await res.text();
+  if (res.status !== 200) throw new Error(`GET ${url}: HTTP ${res.status}, body ${JSON.stringify(text)}`);
+  let body;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    throw new Error(`GET ${url}: response is not JSON: ${JSON.stringify(text)}`);
+  }
+  for (const k of ['deflated_sent', 'compressed_messages']) {
+    if (!Number.isInteger(body[k])) throw new Error(`GET ${url}: "${k}" missing or not an integer: ${JSON.stringify(body[k])}`);
+  }
+  return body;
+}
+
+const LARGE_MIN_BYTES = 4096;
+
+// largeData is a ~4 KiB compressible JSON value with non-ASCII text (UTF-8 must survive inflation).
+function largeData(mode) {
+  const rows = [];
+  for (let i = 0; ; i++) {
+    rows.push({ i, sym: `SYM${i % 17}`, px: 100 + i * 0.25, qty: (i * 37) % 1000, note: 'prix café ✓' });
+    if (JSON.stringify({ mode, rows }).length >= LARGE_MIN_BYTES) return { mode, rows };
+  }
+}
+
 async function scenario(mode, perMessageDeflate) {
   const data = { n: 1, s: 'héllo' };
   const conn = new Conn(`${wsBase}/ws?topic=${encodeURIComponent(TOPIC)}`, {
@@ -168,6 +200,32 @@ async function scenario(mode, perMessageDeflate) {
     if (msg.op !== 'message' || msg.topic !== TOPIC || msg.seq !== seq || !isDeepStrictEqual(msg.data, data)) {
       throw new Error(
         `delivery mismatch: want {"op":"message","topic":${JSON.stringify(TOPIC)},"seq":${seq},"data":${JSON.stringify(data)}}, got ${JSON.stringify(msg)}`,
+      );
+    }
+
+    // (c2) a large message: intact, and compressed for this subscriber only if deflate was negotiated
+    const negotiated = extensions.includes('permessage-deflate');
+    if (perMessageDeflate && !negotiated) throw new Error(`deflate offered but not negotiated (ws.extensions ${JSON.stringify(extensions)})`);
+    const large = largeData(mode);
+    const before = await stats();
+    const largeSeq = await publish(TOPIC, large);
+    if (largeSeq !== seq + 1) throw new Error(`large publish got seq ${largeSeq}, want ${seq + 1}`);
+    const largeEv = await conn.next('the large delivery');
+    const largeMsg = parseText(largeEv, 'the large delivery');
+    if (largeMsg.op !== 'message' || largeMsg.topic !== TOPIC || largeMsg.seq !== largeSeq || !isDeepStrictEqual(largeMsg.data, large)) {
+      const text = largeEv.data.toString('utf8');
+      throw new Error(`large delivery mismatch (seq ${largeSeq}): got ${text.length} chars ${JSON.stringify(text.slice(0, 200))}…`);
+    }
+    const largeBytes = largeEv.data.length;
+    if (largeBytes < LARGE_MIN_BYTES) throw new Error(`large delivery is only ${largeBytes} bytes, want >= ${LARGE_MIN_BYTES}`);
+    const after = await stats();
+    const deflatedDelta = after.deflated_sent - before.deflated_sent;
+    const compressedDelta = after.compressed_messages - before.compressed_messages;
+    const wantDelta = negotiated ? 1 : 0;
+    if (deflatedDelta !== wantDelta) {
+      throw new Error(
+        `/v1/stats deflated_sent rose by ${deflatedDelta} (${before.deflated_sent} -> ${after.deflated_sent}) for one ${largeBytes}-byte delivery ` +
+          `to the only subscriber (deflate ${negotiated ? '' : 'not '}negotiated), want ${wantDelta}`,
       );
     }
 
@@ -197,7 +255,19 @@ async function scenario(mode, perMessageDeflate) {
     const extra = conn.events.filter((ev) => ev.type !== 'ping');
     if (extra.length > 0) throw new Error(`unexpected events after close: ${extra.map(describe).join(', ')}`);
 
-    return { mode, offered_deflate: perMessageDeflate, extensions, extensions_header: conn.extensionsHeader, seq, close_code: closed.code, close_reason: closed.reason };
+    return {
+      mode,
+      offered_deflate: perMessageDeflate,
+      extensions,
+      extensions_header: conn.extensionsHeader,
+      seq,
+      large_seq: largeSeq,
+      large_bytes: largeBytes,
+      deflated_sent_delta: deflatedDelta,
+      compressed_messages_delta: compressedDelta,
+      close_code: closed.code,
+      close_reason: closed.reason,
+    };
   } catch (err) {
     ws.terminate();
     throw new Error(`[${mode}] ${err.message}`);
