@@ -62,6 +62,21 @@ type Config struct {
 	// FanoutWorkers bounds the fan-out pool. Default 4 × GOMAXPROCS.
 	FanoutWorkers int `yaml:"fanout-workers" help:"fan-out pool size" default:"4 × GOMAXPROCS"`
 
+	// Broker is the NATS server (nats://host:4222, comma-separated for a
+	// cluster) through which several Surge processes share topics, with one
+	// seq per topic for all of them. Default "" (single node).
+	Broker string `yaml:"broker" help:"NATS URL (nats://host:4222) to share topics with other Surge nodes; empty: single node"`
+	// BrokerCreds is a NATS credentials file. Default none.
+	BrokerCreds string `yaml:"broker-creds" help:"NATS credentials file (JWT + NKey) for --broker"`
+	// BrokerTLSCA, BrokerTLSCert and BrokerTLSKey configure TLS to NATS
+	// (a tls:// URL with the system roots needs none of them).
+	BrokerTLSCA   string `yaml:"broker-tls-ca" help:"CA file to verify the NATS server"`
+	BrokerTLSCert string `yaml:"broker-tls-cert" help:"client certificate file for NATS"`
+	BrokerTLSKey  string `yaml:"broker-tls-key" help:"client key file for NATS"`
+	// BrokerStream is the JetStream stream that holds the topics; its
+	// subjects are <lower-case name>.t.<topic>. Default "SURGE".
+	BrokerStream string `yaml:"broker-stream" help:"JetStream stream for --broker (subjects: its lower-case name + .t.<topic>)"`
+
 	// MaxMessageSize bounds one received WebSocket message (close 1009). Default 1 MiB.
 	MaxMessageSize int64 `yaml:"max-message-size" help:"largest client message in bytes (close 1009 above)"`
 	// MaxHeaderBytes bounds an HTTP request head (431). Default 8 KiB.
@@ -192,6 +207,9 @@ func (c *Config) Normalize() {
 	setDefault(&c.TopicIdleTTL, max(2*time.Minute, c.HistoryTTL))
 	setDefault(&c.FanoutShard, 512)
 	setDefault(&c.FanoutWorkers, 4*runtime.GOMAXPROCS(0))
+	if c.BrokerStream == "" {
+		c.BrokerStream = "SURGE"
+	}
 	var pc poller.Config
 	pc.Normalize()
 	setDefault(&c.Workers, pc.Workers)

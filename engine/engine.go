@@ -55,6 +55,9 @@ type Engine struct {
 	origins     []string
 	connLimit   *connLimiter
 	cert        atomic.Pointer[tls.Certificate]
+
+	// broker shares topics with other nodes (nil: single node); Shutdown closes it.
+	broker topics.Broker
 }
 
 // Option customises New for one call.
@@ -105,11 +108,17 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Engine, error) {
 	e.connLimit = newConnLimiter(cfg.ConnRate, cfg.ConnRatePerIP)
 	e.deflater = new(conn.Deflater)
 	threshold := cfg.DeflateThreshold
+	if e.broker, err = newBroker(&cfg, def, rules, log); err != nil {
+		return nil, err
+	}
 	e.reg, err = topics.New(topics.Config{
 		Default: def, Rules: rules, ShardSize: cfg.FanoutShard, Workers: cfg.FanoutWorkers,
-		DeflateThreshold: threshold, IdleTTL: cfg.TopicIdleTTL, Deflater: e.deflater,
+		DeflateThreshold: threshold, IdleTTL: cfg.TopicIdleTTL, Deflater: e.deflater, Broker: e.broker,
 	})
 	if err != nil {
+		if e.broker != nil {
+			e.broker.Close()
+		}
 		return nil, err
 	}
 	if e.prom == nil {
@@ -193,6 +202,9 @@ func (e *Engine) Draining() bool { return e.draining.Load() }
 // them to close until ctx is done, then closes whatever is left.
 func (e *Engine) Shutdown(ctx context.Context) error {
 	if !e.started.Load() {
+		if e.broker != nil {
+			e.broker.Close()
+		}
 		return nil
 	}
 	var err error
@@ -217,6 +229,9 @@ func (e *Engine) Shutdown(ctx context.Context) error {
 		}
 		e.wheel.Stop(true)
 		e.reg.Close(true)
+		if e.broker != nil {
+			e.broker.Close()
+		}
 		if e.admin != nil {
 			_ = e.admin.Close()
 		}

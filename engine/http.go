@@ -43,6 +43,12 @@ func (e *Engine) routes() *http.ServeMux {
 			http.Error(w, "draining", http.StatusServiceUnavailable)
 			return
 		}
+		if err := e.brokerHealthy(); err != nil {
+			// Local connections are served; messages do not cross nodes.
+			w.Header().Set("Retry-After", "5")
+			http.Error(w, "not ready: broker: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		io.WriteString(w, "ready\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(e.prom, promhttp.HandlerOpts{}))
@@ -211,7 +217,7 @@ func (e *Engine) handlePublish(w http.ResponseWriter, r *http.Request) {
 		}
 		res, err := e.publish(topics.Publication{Topic: *body.Topic, Data: compactJSON(body.Data), Key: body.Key})
 		if err != nil {
-			writeAPIError(w, http.StatusBadRequest, err.Error())
+			writePublishError(w, "", err)
 			return
 		}
 		writeJSON(w, http.StatusOK, publishResult{"ok", *body.Topic, res.Seq})
@@ -240,7 +246,8 @@ func (e *Engine) handlePublish(w http.ResponseWriter, r *http.Request) {
 	for i, m := range body.Messages {
 		res, err := e.publish(topics.Publication{Topic: *m.Topic, Data: compactJSON(m.Data), Key: m.Key})
 		if err != nil {
-			writeAPIError(w, http.StatusInternalServerError, err.Error())
+			// messages[:i] are published; the client learns where it stopped.
+			writePublishError(w, "messages["+strconv.Itoa(i)+"]: ", err)
 			return
 		}
 		results[i] = publishResult{"ok", *m.Topic, res.Seq}
@@ -312,7 +319,7 @@ func (e *Engine) handleBinaryPublish(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := e.publish(topics.Publication{Topic: topic, Data: data, Binary: true, Key: r.URL.Query().Get("key")})
 	if err != nil {
-		writeAPIError(w, http.StatusBadRequest, err.Error())
+		writePublishError(w, "", err)
 		return
 	}
 	writeJSON(w, http.StatusOK, publishResult{"ok", topic, res.Seq})

@@ -260,7 +260,7 @@ func (s *session) OnMessage(c *conn.Conn, op ws.OpCode, payload []byte) {
 		}
 		res, err := e.publish(topics.Publication{Topic: req.Topic, Data: compactJSON(req.Data), Key: req.Key})
 		if err != nil {
-			s.reply(errorReply(id, "bad_topic", err.Error()))
+			s.reply(errorReply(id, publishCode(err), err.Error()))
 			return
 		}
 		s.reply(okSeqReply(id, req.Topic, res.Seq))

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/surgepush/surge/conn"
+	"github.com/surgepush/surge/topics"
 )
 
 // stats are the engine's counters; /v1/stats and /metrics read them.
@@ -134,6 +135,8 @@ type Stats struct {
 	Goroutines         int              `json:"goroutines"`
 	UptimeSeconds      float64          `json:"uptime_seconds"`
 	Draining           bool             `json:"draining"`
+	// Broker is present when topics are shared through --broker.
+	Broker *topics.BrokerStats `json:"broker,omitempty"`
 }
 
 // Stats returns a snapshot of the engine's counters.
@@ -176,6 +179,7 @@ func (e *Engine) Stats() Stats {
 		Goroutines:         runtime.NumGoroutine(),
 		UptimeSeconds:      time.Since(e.start).Seconds(),
 		Draining:           e.draining.Load(),
+		Broker:             e.brokerStats(),
 	}
 	for i, n := range rejectNames {
 		st.Rejections[n] = e.st.rejects[i].Load()
@@ -282,6 +286,7 @@ func (e *Engine) registerMetrics() error {
 	}
 	cols = append(cols, pool("io", e.poll.Pool)...)
 	cols = append(cols, pool("fanout", e.reg.Pool)...)
+	cols = append(cols, e.brokerCollectors()...)
 	for _, c := range cols {
 		if err := e.prom.Register(c); err != nil {
 			return err

@@ -24,6 +24,13 @@ type Topic struct {
 	hist       ring
 	rate       rate // publishes per second, decaying average
 	epoch      string
+
+	// With a Broker (see broker.go): bstate is bNone, bBusy or bActive;
+	// bwait is closed when a bBusy state ends; bdeliv counts deliveries
+	// since the last Subscribe at the broker began.
+	bstate uint8
+	bwait  chan struct{}
+	bdeliv uint32
 }
 
 // Sub is one subscription of one subscriber to one topic.
@@ -79,6 +86,12 @@ func (r *Registry) SubscribeEpoch(name string, s Subscriber, since *uint64, epoc
 		return nil, Recovery{}, ErrTopicName
 	}
 	t := r.lockTopic(name)
+	if r.broker != nil {
+		t = r.attachLocked(t)
+		if since != nil && t.bstate == bActive {
+			t = r.recoverLocked(t, *since, epoch)
+		}
+	}
 	defer t.mu.Unlock()
 	var rec Recovery
 	if since != nil {
@@ -155,6 +168,7 @@ func (r *Registry) Unsubscribe(sub *Sub) {
 	if cap(t.subs) > 64 && len(t.subs) < cap(t.subs)/4 {
 		t.subs = append([]*Sub(nil), t.subs...)
 	}
+	r.detachLocked(t)
 }
 
 // Publication is one message to publish.
@@ -179,22 +193,54 @@ type Result struct {
 // to ShardSize subscribers are served inline; larger ones are split into
 // shards run on the bounded fan-out pool, and Publish returns when every
 // subscriber has been served, so per-topic order holds for every subscriber.
+//
+// With a Broker, Publish hands p to it and returns the seq it assigned
+// (Result.Delivered is 0): the message reaches the subscribers of every
+// node, this one included, through Deliver.
 func (r *Registry) Publish(p Publication) (Result, error) {
 	if !ValidName(p.Topic) {
 		return Result{}, ErrTopicName
 	}
+	if r.broker != nil {
+		return r.publishBroker(p)
+	}
 	t := r.lockTopic(p.Topic)
 	defer t.mu.Unlock()
 	t.seq++
-	var m conn.Message
+	res := r.emitLocked(t, p.Data, p.Binary, p.Key)
+	r.Stats.Published.Add(1)
+	return res, nil
+}
+
+// emitLocked encodes the message at t.seq once, retains it and fans it out.
+// t.mu must be held.
+func (r *Registry) emitLocked(t *Topic, data []byte, binary bool, key string) Result {
+	m := r.encode(t, t.seq, data, binary, key)
+	now := r.now()
+	t.lastActive = now
+	t.rate.add(now)
+	if t.rule.HistorySize > 0 {
+		t.hist.push(t.seq, m, now)
+		t.hist.expire(now, t.rule.HistoryTTL)
+	}
+	n := r.fanout(t.subs, m)
+	r.Stats.Deliveries.Add(int64(n))
+	r.Stats.DeliveryBytes.Add(int64(n) * int64(len(m.Frame)))
+	return Result{Seq: t.seq, Delivered: n}
+}
+
+// encode builds the shared message for t at seq: the frame, encoded once,
+// and its compressed form when a subscriber of t negotiated
+// permessage-deflate and the payload reaches the threshold. t.mu must be held.
+func (r *Registry) encode(t *Topic, seq uint64, data []byte, binary bool, key string) *conn.Message {
+	m := new(conn.Message)
 	op := ws.OpText
-	if p.Binary {
-		m.Frame = EncodeBinary(t.name, t.seq, p.Data)
+	if binary {
+		m.Frame = EncodeBinary(t.name, seq, data)
 		op = ws.OpBinary
 	} else {
-		m.Frame = EncodeMessage(t.name, t.seq, p.Data)
+		m.Frame = EncodeMessage(t.name, seq, data)
 	}
-	key := p.Key
 	if key == "" {
 		key = t.name
 	}
@@ -206,18 +252,7 @@ func (r *Registry) Publish(p Publication) (Result, error) {
 			r.Stats.CompressedFrames.Add(1)
 		}
 	}
-	now := r.now()
-	t.lastActive = now
-	t.rate.add(now)
-	if t.rule.HistorySize > 0 {
-		t.hist.push(t.seq, &m, now)
-		t.hist.expire(now, t.rule.HistoryTTL)
-	}
-	n := r.fanout(t.subs, &m)
-	r.Stats.Published.Add(1)
-	r.Stats.Deliveries.Add(int64(n))
-	r.Stats.DeliveryBytes.Add(int64(n) * int64(len(m.Frame)))
-	return Result{Seq: t.seq, Delivered: n}, nil
+	return m
 }
 
 // fanout sends m to every subscriber in subs.

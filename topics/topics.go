@@ -144,6 +144,13 @@ type Config struct {
 	IdleTTL time.Duration
 	// Deflater compresses frames; New allocates one when nil.
 	Deflater *conn.Deflater
+	// Broker, when set, shares topics with other nodes: Publish goes through
+	// it and messages come back through Deliver (see Broker). New calls its
+	// Start; the caller closes it after the registry. Default nil: this
+	// registry assigns seq itself (single node).
+	Broker Broker
+	// BrokerTimeout bounds each call into the Broker. Default 5s.
+	BrokerTimeout time.Duration
 }
 
 // Counters are the registry's totals (read with atomic loads).
@@ -154,6 +161,9 @@ type Counters struct {
 	CompressedFrames atomic.Int64 // messages compressed (once each)
 	Replayed         atomic.Int64 // history messages replayed on subscribe
 	Reclaimed        atomic.Int64 // topics reclaimed
+	BrokerDelivered  atomic.Int64 // messages delivered by the broker
+	BrokerDuplicates atomic.Int64 // broker deliveries dropped as already seen
+	BrokerRecovered  atomic.Int64 // messages fetched from the broker for since-recovery
 }
 
 const numShards = 64
@@ -164,6 +174,7 @@ type Registry struct {
 	cfg    Config
 	seed   maphash.Seed
 	pool   *ants.Pool
+	broker Broker // nil: single node
 	shards [numShards]shard
 	Stats  Counters
 
@@ -210,6 +221,16 @@ func New(cfg Config) (*Registry, error) {
 	for i := range r.shards {
 		r.shards[i].m = make(map[string]*Topic)
 	}
+	if cfg.Broker != nil {
+		if cfg.BrokerTimeout <= 0 {
+			r.cfg.BrokerTimeout = 5 * time.Second
+		}
+		r.broker = cfg.Broker
+		if err := r.broker.Start(r); err != nil {
+			pool.Release()
+			return nil, err
+		}
+	}
 	return r, nil
 }
 
@@ -244,6 +265,9 @@ func (r *Registry) now() int64 { return time.Since(r.start).Milliseconds() }
 
 // newEpoch returns a short random token naming a topic's lifetime.
 func (r *Registry) newEpoch() string {
+	if r.broker != nil {
+		return "" // the broker names lifetimes (see Topic.syncLocked)
+	}
 	return strconv.FormatUint(rand.Uint64()>>16, 36)
 }
 
@@ -293,7 +317,7 @@ func (r *Registry) Reclaim(now int64) int {
 		sh.mu.Lock()
 		for name, t := range sh.m {
 			t.mu.Lock()
-			if len(t.subs) == 0 && t.lastActive <= cutoff {
+			if len(t.subs) == 0 && t.lastActive <= cutoff && t.bstate == bNone {
 				t.dead = true
 				delete(sh.m, name)
 				n++
