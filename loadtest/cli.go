@@ -27,7 +27,9 @@ const (
 const mainUsage = `usage: surge load <scenario> [flags]
 
 scenarios:
-  idle   open many idle WebSocket connections, hold them, report their cost
+  idle     open many idle WebSocket connections, hold them, report their cost
+  fanout   publish to topics with many subscribers; report end-to-end latency
+           and exactly how many deliveries were lost, duplicated or reordered
 
 run "surge load <scenario> -h" for its flags.
 `
@@ -46,6 +48,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "idle":
 		return mainIdle(args[1:], stdout, stderr)
+	case "fanout":
+		return mainFanout(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, mainUsage)
 		return exitOK
@@ -147,6 +151,134 @@ func mainIdle(args []string, stdout, stderr io.Writer) int {
 	}
 	if rep.FailRatio > maxFailRatio {
 		fmt.Fprintf(stderr, "surge load idle: fail ratio %.4f is above --max-fail-ratio %.4f\n", rep.FailRatio, maxFailRatio)
+		return exitFail
+	}
+	return exitOK
+}
+
+func mainFanout(args []string, stdout, stderr io.Writer) int {
+	stderr = &lockedWriter{w: stderr}
+	fs := flag.NewFlagSet("surge load fanout", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		cfg          FanoutConfig
+		sourceIPs    string
+		out          string
+		maxFailRatio float64
+		quiet        bool
+	)
+	fs.StringVar(&cfg.URL, "url", "", "WebSocket endpoint, ws://host:port/ws (required); HTTP publishing uses the same host:port")
+	fs.StringVar(&cfg.StatsURL, "stats-url", "", `stats endpoint (default http://host:port/v1/stats; "-" disables)`)
+	fs.StringVar(&cfg.MetricsURL, "metrics-url", "", `Prometheus endpoint read for process_cpu_seconds_total (default http://host:port/metrics; "-" disables)`)
+	fs.IntVar(&cfg.Subs, "subs", defaultFanoutSubs, "subscriber connections (at most ~19000 per process here)")
+	fs.IntVar(&cfg.Topics, "topics", defaultFanoutTopics, "topics; subscriber i subscribes to <prefix><i mod topics>")
+	fs.StringVar(&cfg.TopicPrefix, "topic-prefix", defaultFanoutPrefix, "topic name prefix")
+	fs.Float64Var(&cfg.Rate, "rate", defaultFanoutRate, "messages published per second, in total over all topics")
+	fs.IntVar(&cfg.Size, "size", defaultFanoutSize, "bytes of data per message (a padded JSON probe)")
+	fs.DurationVar(&cfg.Duration, "duration", defaultFanoutDuration, "measured publishing time")
+	fs.DurationVar(&cfg.Warmup, "warmup", 0, "publishing before the measured time (checked for loss, latency not recorded)")
+	fs.DurationVar(&cfg.Drain, "drain", defaultFanoutDrain, "how long to wait for deliveries after the last publish (ends early when all arrived)")
+	fs.StringVar(&cfg.Publish, "publish", publishHTTP, `how to publish: "http" (POST /v1/publish, pipelined) or "ws" (publish op over a WebSocket)`)
+	fs.IntVar(&cfg.PublishConns, "publish-conns", defaultPublishConns, "keep-alive HTTP connections publishing (http only)")
+	fs.IntVar(&cfg.PublishWindow, "publish-window", defaultPublishWindow, "publishes awaiting their answer per publishing connection")
+	fs.DurationVar(&cfg.PublishTimeout, "publish-timeout", defaultPublishTimeout, "how long to wait for one publish's answer")
+	fs.BoolVar(&cfg.Deflate, "deflate", false, "subscribers offer permessage-deflate (no context takeover either way)")
+	fs.StringVar(&sourceIPs, "source-ips", "", `subscribers' local source addresses, e.g. "127.0.0.2-127.0.0.20"`)
+	fs.Float64Var(&cfg.ConnectRate, "rate-connect", defaultFanoutConnectRate, "new subscriber connections per second")
+	fs.DurationVar(&cfg.ConnectTimeout, "timeout", defaultConnectTimeout, "per-connection connect + upgrade timeout")
+	fs.DurationVar(&cfg.ConnectPhaseMax, "connect-phase-max", 0, "bound on the whole connect phase (default 2×subs/rate-connect + timeout)")
+	fs.DurationVar(&cfg.CloseWait, "close-wait", defaultCloseWait, "how long to wait for the server to answer the final close frames")
+	fs.BoolVar(&cfg.AllowRemote, "allow-remote", false, "allow a target that is not a loopback address")
+	fs.StringVar(&out, "out", "", `write the JSON report to this file ("-": stdout)`)
+	fs.Float64Var(&maxFailRatio, "max-fail-ratio", 0.01, "exit 1 when more than this share of subscribers failed to connect or were closed by the server")
+	fs.BoolVar(&quiet, "quiet", false, "no live progress lines")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "surge load fanout: unexpected arguments %q\n", fs.Args())
+		return exitUsage
+	}
+	if cfg.URL == "" {
+		fmt.Fprintln(stderr, "surge load fanout: --url is required")
+		fs.Usage()
+		return exitUsage
+	}
+	if cfg.Subs <= 0 || cfg.Topics <= 0 || cfg.Rate <= 0 || cfg.Size <= 0 || cfg.Duration <= 0 || cfg.ConnectRate <= 0 {
+		fmt.Fprintln(stderr, "surge load fanout: --subs, --topics, --rate, --size, --duration and --rate-connect must be positive")
+		return exitUsage
+	}
+	ips, err := ParseSourceIPs(sourceIPs)
+	if err != nil {
+		fmt.Fprintf(stderr, "surge load fanout: --source-ips: %v\n", err)
+		return exitUsage
+	}
+	cfg.SourceIPs = ips
+	if !quiet {
+		cfg.Progress = func(p FanoutProgress) {
+			fmt.Fprintf(stderr, "%6.1fs %-7s connected=%d msgs/s=%.0f p99=%.2fms published=%d errors=%d (publish %d, connect %d, closed %d, anomalies %d)\n",
+				p.Elapsed.Seconds(), p.Phase, p.Connected, p.DeliveriesPerSec, p.P99Ms, p.Published,
+				p.PublishErrors+p.Failed+p.ServerClosed+p.Anomalies, p.PublishErrors, p.Failed, p.ServerClosed, p.Anomalies)
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+
+	rep, err := Fanout(ctx, cfg, log)
+	if rep == nil {
+		fmt.Fprintf(stderr, "surge load fanout: %v\n", err)
+		return exitUsage
+	}
+	summary := stdout
+	if out == "-" {
+		summary = stderr
+	}
+	writeFanoutSummary(summary, rep)
+	if out != "" {
+		if werr := writeReport(out, stdout, rep); werr != nil {
+			fmt.Fprintf(stderr, "surge load fanout: %v\n", werr)
+			return exitFail
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "surge load fanout: %v\n", err)
+		return exitFail
+	}
+	return fanoutVerdict(rep, maxFailRatio, stderr)
+}
+
+// fanoutVerdict prints why a fanout run failed and returns its exit code:
+// 1 when any delivery was lost, duplicated or reordered, any publish failed
+// or none succeeded, or the subscribers' fail ratio is above maxFailRatio.
+func fanoutVerdict(rep *FanoutReport, maxFailRatio float64, stderr io.Writer) int {
+	var why []string
+	if rep.Lost > 0 {
+		why = append(why, fmt.Sprintf("%d deliveries lost (%d subscribers affected)", rep.Lost, rep.SubscribersWithLoss))
+	}
+	if rep.Duplicates > 0 {
+		why = append(why, fmt.Sprintf("%d duplicate deliveries", rep.Duplicates))
+	}
+	if rep.Reordered > 0 {
+		why = append(why, fmt.Sprintf("%d reordered deliveries", rep.Reordered))
+	}
+	if rep.PublishErrors > 0 {
+		why = append(why, fmt.Sprintf("%d publishes failed (%s)", rep.PublishErrors, counts(rep.PublishErrorsByCause)))
+	}
+	if rep.Published == 0 {
+		why = append(why, "nothing was published")
+	}
+	if rep.FailRatio > maxFailRatio {
+		why = append(why, fmt.Sprintf("subscriber fail ratio %.4f is above --max-fail-ratio %.4f", rep.FailRatio, maxFailRatio))
+	}
+	for _, w := range why {
+		fmt.Fprintf(stderr, "surge load fanout: FAIL: %s\n", w)
+	}
+	if len(why) > 0 {
 		return exitFail
 	}
 	return exitOK

@@ -272,26 +272,7 @@ func newIdleRun(cfg IdleConfig, t target, stats *statsClient, log *slog.Logger) 
 		r.urlBase = cfg.URL + sep + "topic="
 	}
 
-	addr := t.addr.String()
-	mk := func(nd *net.Dialer) ws.Dialer {
-		return ws.Dialer{
-			Timeout: cfg.ConnectTimeout,
-			NetDial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				// Dial the checked address, never a fresh lookup of the host.
-				return nd.DialContext(ctx, "tcp", addr)
-			},
-		}
-	}
-	if len(cfg.SourceIPs) == 0 {
-		r.dialers = []ws.Dialer{mk(&net.Dialer{KeepAlive: -1})}
-	}
-	for _, src := range cfg.SourceIPs {
-		r.dialers = append(r.dialers, mk(&net.Dialer{
-			KeepAlive: -1, // idle clients send nothing, as browsers do
-			LocalAddr: &net.TCPAddr{IP: src.Unmap().AsSlice()},
-			Control:   bindNoPort,
-		}))
-	}
+	r.dialers = newDialers(t.addr, cfg.SourceIPs, cfg.ConnectTimeout)
 	return r
 }
 
@@ -347,31 +328,15 @@ func (r *idleRun) run(ctx context.Context) (*IdleReport, error) {
 func (r *idleRun) connectPhase(ctx context.Context) {
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.ConnectPhaseMax)
 	defer cancel()
-	interval := time.Duration(float64(time.Second) / r.cfg.Rate)
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
 	begin := time.Now()
 	r.mu.Lock()
 	r.firstDial = begin
 	r.mu.Unlock()
-launch:
-	for i := range r.cfg.Conns {
-		// Connection i is due at begin + i*interval; when the loop falls
-		// behind (timer granularity), it catches up without sleeping.
-		if wait := time.Until(begin.Add(time.Duration(i) * interval)); wait > 0 {
-			timer.Reset(wait)
-			select {
-			case <-pctx.Done():
-				break launch
-			case <-timer.C:
-			}
-		} else if pctx.Err() != nil {
-			break launch
-		}
+	pace(pctx, begin, r.cfg.Conns, r.cfg.Rate, func(i int) {
 		r.attempted.Add(1)
 		r.dialWG.Add(1)
 		go r.connect(pctx, i)
-	}
+	})
 	r.dialWG.Wait()
 }
 

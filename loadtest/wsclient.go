@@ -3,10 +3,13 @@ package loadtest
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
 	"net"
+	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -149,4 +152,158 @@ func (c *clientConn) readFrame() (ev frameEvent, n int64, code ws.StatusCode, er
 		return 0, 0, 0, err
 	}
 	return evData, h.Length, 0, nil
+}
+
+// errMessageTooBig: a data message longer than the reader allows (closed
+// with 1009, RFC 6455 §7.4.1).
+var errMessageTooBig = errors.New("loadtest: message too big")
+
+// message is one complete data message read by readMessage.
+type message struct {
+	op ws.OpCode // ws.OpText or ws.OpBinary
+	// compressed is RSV1 of the message's first frame: the payload is
+	// deflated (RFC 7692 §6).
+	compressed bool
+	payload    []byte
+}
+
+// readMessage reads frames until it has one complete data message,
+// answering pings and skipping pongs on the way as readFrame does. It
+// returns evData and the message, or evClose and the close status code.
+//
+// A connection waiting for data holds no payload buffer: one is taken from
+// pool (which holds *[]byte) only once the first data frame header has
+// arrived. The message's payload lives in *buf, which the caller must return
+// to pool when done with the payload; buf is nil unless ev is evData.
+// Messages over maxSize bytes fail with errMessageTooBig and code 1009.
+// allowRSV1 permits compressed messages (permessage-deflate negotiated).
+// Reader goroutine only.
+func (c *clientConn) readMessage(pool *sync.Pool, maxSize int64, allowRSV1 bool) (ev frameEvent, m message, buf *[]byte, code ws.StatusCode, err error) {
+	fail := func(code ws.StatusCode, err error) (frameEvent, message, *[]byte, ws.StatusCode, error) {
+		if buf != nil {
+			pool.Put(buf)
+		}
+		return 0, message{}, nil, code, err
+	}
+	for {
+		h, err := ws.ReadHeaderBuffer(c.r, c.buf[:])
+		if err != nil {
+			return fail(0, err)
+		}
+		switch {
+		case h.Masked:
+			// RFC 6455 §5.1: server frames are never masked.
+			return fail(ws.StatusProtocolError, ws.ErrProtocolMaskUnexpected)
+		case h.Rsv2() || h.Rsv3(), h.Rsv1() && (!allowRSV1 || h.OpCode.IsControl() || h.OpCode == ws.OpContinuation):
+			// §5.2, and RFC 7692 §6: RSV1 only on the first frame of a
+			// data message, and only when deflate was negotiated.
+			return fail(ws.StatusProtocolError, ws.ErrProtocolNonZeroRsv)
+		case h.OpCode.IsReserved():
+			return fail(ws.StatusProtocolError, ws.ErrProtocolOpCodeReserved)
+		}
+		if h.OpCode.IsControl() {
+			// Control frames may come between the fragments of a message
+			// (§5.4).
+			if h.Length > 125 {
+				return fail(ws.StatusProtocolError, ws.ErrProtocolControlPayloadOverflow)
+			}
+			if !h.Fin {
+				return fail(ws.StatusProtocolError, ws.ErrProtocolControlNotFinal)
+			}
+			p := c.buf[:h.Length]
+			if _, err := io.ReadFull(c.r, p); err != nil {
+				return fail(0, err)
+			}
+			switch h.OpCode {
+			case ws.OpPing:
+				if err := c.writeControl(ws.OpPong, p); err != nil {
+					return fail(0, err)
+				}
+			case ws.OpClose:
+				code := ws.StatusNoStatusRcvd
+				if len(p) >= 2 {
+					code = ws.StatusCode(binary.BigEndian.Uint16(p))
+				}
+				if buf != nil {
+					pool.Put(buf)
+				}
+				return evClose, message{}, nil, code, nil
+			}
+			continue
+		}
+		if h.OpCode == ws.OpContinuation {
+			if buf == nil {
+				return fail(ws.StatusProtocolError, ws.ErrProtocolContinuationUnexpected)
+			}
+		} else {
+			if buf != nil {
+				return fail(ws.StatusProtocolError, ws.ErrProtocolContinuationExpected)
+			}
+			m = message{op: h.OpCode, compressed: h.Rsv1()}
+			buf = pool.Get().(*[]byte)
+			*buf = (*buf)[:0]
+		}
+		have := int64(len(*buf))
+		if h.Length > maxSize-have {
+			return fail(ws.StatusMessageTooBig, errMessageTooBig)
+		}
+		*buf = slices.Grow(*buf, int(h.Length))[:have+h.Length]
+		if _, err := io.ReadFull(c.r, (*buf)[have:]); err != nil {
+			return fail(0, err)
+		}
+		if h.Fin {
+			m.payload = *buf
+			return evData, m, buf, 0, nil
+		}
+	}
+}
+
+// writeText writes p as one masked text frame (RFC 6455 §5.3). It masks p in
+// place: p is garbage afterwards. Safe for concurrent use with writeControl.
+func (c *clientConn) writeText(p []byte, timeout time.Duration) error {
+	mask := ws.NewMask()
+	h := ws.Header{Fin: true, OpCode: ws.OpText, Masked: true, Mask: mask, Length: int64(len(p))}
+	var hb [ws.MaxHeaderSize]byte
+	hw := bytes.NewBuffer(hb[:0])
+	if err := ws.WriteHeader(hw, h); err != nil {
+		return err
+	}
+	ws.Cipher(p, mask, 0)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.nc.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
+	bufs := net.Buffers{hw.Bytes(), p}
+	_, err := bufs.WriteTo(c.nc)
+	return err
+}
+
+// newDialers returns one WebSocket dialer per source address (or one that
+// lets the kernel choose, when sources is empty). Every dialer connects to
+// addr, the address checked when the target was resolved, never to a fresh
+// lookup of the URL's host. Client sockets send no TCP keepalives: load
+// clients that stay idle behave as browsers do.
+func newDialers(addr netip.AddrPort, sources []netip.Addr, timeout time.Duration) []ws.Dialer {
+	a := addr.String()
+	mk := func(nd *net.Dialer) ws.Dialer {
+		return ws.Dialer{
+			Timeout: timeout,
+			NetDial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return nd.DialContext(ctx, "tcp", a)
+			},
+		}
+	}
+	if len(sources) == 0 {
+		return []ws.Dialer{mk(&net.Dialer{KeepAlive: -1})}
+	}
+	ds := make([]ws.Dialer, 0, len(sources))
+	for _, src := range sources {
+		ds = append(ds, mk(&net.Dialer{
+			KeepAlive: -1,
+			LocalAddr: &net.TCPAddr{IP: src.Unmap().AsSlice()},
+			Control:   bindNoPort,
+		}))
+	}
+	return ds
 }
