@@ -88,8 +88,8 @@ func TestParseProbe(t *testing.T) {
 	}{
 		{in: `{"t":1700000000000000000,"n":3,"r":"abcd","pad":"xyz"}`, ok: true, p: probe{t: 1700000000000000000, n: 3, run: []byte("abcd")}},
 		{in: `{"pad":"","r":"","n":0,"t":0}`, ok: true, p: probe{run: []byte{}}},
-		{in: `{"t":1,"n":2}`},                        // no run id
-		{in: `{"t":-1,"n":2,"r":"a"}`},               // negative time
+		{in: `{"t":1,"n":2}`},                           // no run id
+		{in: `{"t":-1,"n":2,"r":"a"}`},                  // negative time
 		{in: `{"t":9223372036854775808,"n":2,"r":"a"}`}, // beyond int64
 		{in: `{"t":1,"n":"2","r":"a"}`},
 		{in: `"just a string"`},
