@@ -3,7 +3,7 @@ GO      ?= go
 PKGS    := ./...
 FUZZTIME ?= 10s
 
-.PHONY: run build test test-short bench fuzz lint clients
+.PHONY: run build test test-short bench fuzz fuzz-ci lint clients
 
 ## run: start the server on :8080 with default settings
 run:
@@ -33,6 +33,10 @@ fuzz:
 	    echo "== $$pkg $$t"; $(GO) test -run='^$$' -fuzz="^$$t$$" -fuzztime=$(FUZZTIME) $$pkg; \
 	  done; \
 	done
+
+## fuzz-ci: every fuzz target for 3s (bounded; run by .ci/run after make test)
+fuzz-ci:
+	$(MAKE) fuzz FUZZTIME=3s
 
 ## lint: gofmt and go vet
 lint:
