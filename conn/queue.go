@@ -65,12 +65,71 @@ type Counters struct {
 // full. It reports whether m was queued (a conflated predecessor counts as
 // replaced, not lost).
 func (c *Conn) SendMessage(m *Message) bool {
-	frame := m.Frame
 	c.mu.Lock()
 	if c.state.Load() != stateOpen {
 		c.mu.Unlock()
 		return false
 	}
+	if !c.enqueueLocked(m) {
+		return false // c.mu released: the disconnect policy closed c
+	}
+	a := c.flushLocked()
+	c.mu.Unlock()
+	c.deferAbort(a)
+	return a == actNone
+}
+
+// SendMessages queues ms in order, as SendMessage does for each, and then
+// writes them together: one writev for the batch instead of one per message.
+// It returns how many of ms were queued; after a write error or a disconnect
+// by policy the rest are not.
+func (c *Conn) SendMessages(ms []*Message) int {
+	c.mu.Lock()
+	if c.state.Load() != stateOpen {
+		c.mu.Unlock()
+		return 0
+	}
+	n := 0
+	for _, m := range ms {
+		if c.wq != nil && c.flags&flagWaitWrite == 0 && c.fullLocked(len(c.frameFor(m))) {
+			// The batch alone would fill the queue of a healthy reader:
+			// write what is queued first, so only a real backlog meets the
+			// policy.
+			if a := c.flushLocked(); a != actNone {
+				c.mu.Unlock()
+				c.deferAbort(a)
+				return n
+			}
+		}
+		if !c.enqueueLocked(m) {
+			return n // c.mu released: the disconnect policy closed c
+		}
+		n++
+	}
+	a := c.flushLocked()
+	c.mu.Unlock()
+	c.deferAbort(a)
+	if a != actNone {
+		return 0
+	}
+	return n
+}
+
+// frameFor returns the frame of m this connection gets: the compressed one
+// when permessage-deflate was negotiated and m has one. c.mu must be held.
+func (c *Conn) frameFor(m *Message) []byte {
+	if c.flags&flagDeflate != 0 && m.Deflated != nil {
+		return m.Deflated
+	}
+	return m.Frame
+}
+
+// enqueueLocked appends m's frame (compressed when negotiated) to the write
+// queue, applying m.Policy when the queue is full. c.mu must be held and the
+// connection open. It returns false, with c.mu released and the connection
+// closing, when the disconnect policy refused m.
+func (c *Conn) enqueueLocked(m *Message) bool {
+	frame := m.Frame
 	if c.flags&flagDeflate != 0 && m.Deflated != nil {
 		frame = m.Deflated
 		c.cfg.counters().DeflatedSent.Add(1)
@@ -92,10 +151,7 @@ func (c *Conn) SendMessage(m *Message) bool {
 	}
 	c.appendLocked(frame)
 	c.wq.meta[len(c.wq.meta)-1] = entryMeta{key: m.Key, msg: true}
-	a := c.flushLocked()
-	c.mu.Unlock()
-	c.deferAbort(a)
-	return a == actNone
+	return true
 }
 
 // deferAbort hands an abort to the wheel instead of closing inline. Send and

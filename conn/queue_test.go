@@ -296,3 +296,89 @@ func TestConcurrentSend(t *testing.T) {
 	}
 	h.expectOpen()
 }
+
+func msgs(frames ...[]byte) []*Message {
+	ms := make([]*Message, len(frames))
+	for i, f := range frames {
+		ms[i] = &Message{Frame: f, Policy: PolicyDisconnect}
+	}
+	return ms
+}
+
+// A batch goes out in one writev, in order.
+func TestSendMessagesOneWrite(t *testing.T) {
+	h := newHarness(t, nil)
+	h.open()
+	frames := [][]byte{textFrame("one"), textFrame("two"), textFrame("three")}
+	writevs := h.tr.writevs
+	if n := h.c.SendMessages(msgs(frames...)); n != 3 {
+		t.Fatalf("SendMessages = %d, want 3", n)
+	}
+	if n := h.tr.writevs - writevs; n != 1 {
+		t.Fatalf("Writev called %d times for one batch, want 1", n)
+	}
+	if out := h.tr.take(); !bytes.Equal(out, concat(frames...)) {
+		t.Fatalf("wrote % x, want the frames in order", out)
+	}
+	h.expectOpen()
+}
+
+// A batch larger than the frame limit reaching a reader that keeps up is
+// written in parts instead of tripping the slow-consumer policy.
+func TestSendMessagesLargerThanQueue(t *testing.T) {
+	h := newHarness(t, &Config{WriteQueueFrames: 4})
+	h.open()
+	var frames [][]byte
+	for i := range 10 {
+		frames = append(frames, textFrame(fmt.Sprint(i)))
+	}
+	if n := h.c.SendMessages(msgs(frames...)); n != 10 {
+		t.Fatalf("SendMessages = %d, want 10", n)
+	}
+	if out := h.tr.take(); !bytes.Equal(out, concat(frames...)) {
+		t.Fatalf("wrote % x, want the frames in order", out)
+	}
+	h.expectOpen()
+}
+
+// A batch reaching a reader that does not keep up meets the policy: with
+// disconnect, the frames that fitted are counted and the connection closes.
+func TestSendMessagesOverflowDisconnects(t *testing.T) {
+	h := newHarness(t, &Config{WriteQueueFrames: 4})
+	h.open()
+	h.tr.setCapacity(0)
+	var frames [][]byte
+	for i := range 6 {
+		frames = append(frames, textFrame(fmt.Sprint(i)))
+	}
+	if n := h.c.SendMessages(msgs(frames...)); n != 4 {
+		t.Fatalf("SendMessages = %d, want the 4 that fitted", n)
+	}
+	if h.c.Open() || h.c.Reason() != ReasonWriteQueueFull {
+		t.Fatalf("open=%v reason=%v, want closing with write_queue_full", h.c.Open(), h.c.Reason())
+	}
+	if n := h.c.SendMessages(msgs(frames[0])); n != 0 {
+		t.Fatalf("SendMessages after the close = %d, want 0", n)
+	}
+}
+
+// Conflation inside one batch keeps only the newest message per key.
+func TestSendMessagesConflatesWithinBatch(t *testing.T) {
+	h := newHarness(t, nil)
+	h.open()
+	h.tr.setCapacity(0)
+	a1, b1, a2 := textFrame("a1"), textFrame("b1"), textFrame("a2")
+	ms := []*Message{
+		{Frame: a1, Key: 1, Policy: PolicyConflate},
+		{Frame: b1, Key: 2, Policy: PolicyConflate},
+		{Frame: a2, Key: 1, Policy: PolicyConflate},
+	}
+	if n := h.c.SendMessages(ms); n != 3 {
+		t.Fatalf("SendMessages = %d, want 3 (a conflated one counts as queued)", n)
+	}
+	h.tr.setCapacity(-1)
+	h.c.OnWritable()
+	if out := h.tr.take(); !bytes.Equal(out, concat(b1, a2)) {
+		t.Fatalf("wrote %q, want b1 then a2", out)
+	}
+}

@@ -68,3 +68,40 @@ func BenchmarkEncodeBinary(b *testing.B) {
 		EncodeBinary("prices.AAPL", uint64(i), benchTick)
 	}
 }
+
+// Eight publishes queued behind the topic lock, fanned out together to
+// 10,000 subscribers: each subscriber gets one SendMessages call per batch.
+func BenchmarkFanout10kCombined8(b *testing.B) {
+	const subs, batch = 10_000, 8
+	r := newReg(b, Config{})
+	sinks := make([]*sinkSub, subs)
+	for i := range sinks {
+		sinks[i] = new(sinkSub)
+		if _, _, err := r.Subscribe("bench", sinks[i], nil, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reqs := make([]*pubReq, batch)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var t *Topic
+		for k := range reqs {
+			reqs[k] = &pubReq{p: Publication{Topic: "bench", Data: benchTick}}
+			t = r.enqueue(reqs[k])
+		}
+		t.mu.Lock()
+		for !reqs[batch-1].done {
+			r.combineLocked(t)
+		}
+		t.mu.Unlock()
+		if reqs[0].res.Delivered != subs {
+			b.Fatalf("delivered %d, want %d", reqs[0].res.Delivered, subs)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(subs*batch), "ns/delivery")
+	if sinks[subs-1].n != b.N*batch {
+		b.Fatalf("last subscriber got %d of %d", sinks[subs-1].n, b.N*batch)
+	}
+}

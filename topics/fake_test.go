@@ -23,6 +23,7 @@ type fakeSub struct {
 	msgs       []*conn.Message
 	readyCalls int
 	readyAt    int // len(msgs) when ready was called
+	batches    int // SendMessages calls
 	rec        Recovery
 }
 
@@ -36,6 +37,17 @@ func (f *fakeSub) SendMessage(m *conn.Message) bool {
 	f.msgs = append(f.msgs, m)
 	f.mu.Unlock()
 	return true
+}
+
+func (f *fakeSub) SendMessages(ms []*conn.Message) int {
+	if f.refuse.Load() {
+		return 0
+	}
+	f.mu.Lock()
+	f.msgs = append(f.msgs, ms...)
+	f.batches++
+	f.mu.Unlock()
+	return len(ms)
 }
 
 func (f *fakeSub) Deflate() bool { return f.deflate }
@@ -73,8 +85,9 @@ type sinkSub struct {
 	n       int
 }
 
-func (s *sinkSub) SendMessage(*conn.Message) bool { s.n++; return true }
-func (s *sinkSub) Deflate() bool                  { return s.deflate }
+func (s *sinkSub) SendMessage(*conn.Message) bool      { s.n++; return true }
+func (s *sinkSub) SendMessages(ms []*conn.Message) int { s.n += len(ms); return len(ms) }
+func (s *sinkSub) Deflate() bool                       { return s.deflate }
 
 // splitFrame parses one complete unmasked server frame with gobwas/ws (an
 // implementation independent of conn.AppendHeader) and returns its header

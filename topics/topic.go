@@ -31,6 +31,23 @@ type Topic struct {
 	bstate uint8
 	bwait  chan struct{}
 	bdeliv uint32
+
+	// Publishes waiting for t.mu queue here (see Publish); whoever holds
+	// t.mu next fans out every queued one together. dead is also set
+	// under qmu, so nothing is queued on a reclaimed topic.
+	qmu   sync.Mutex
+	inbox []*pubReq
+	spare []*pubReq       // the other inbox buffer; t.mu
+	batch []*conn.Message // reused per batch; t.mu
+	sent  []int           // reused per batch: sent[i] subscribers took i+1 messages; t.mu
+}
+
+// pubReq is one publish waiting in a topic's inbox. res and done are
+// written under the topic lock by whichever publisher fans it out.
+type pubReq struct {
+	p    Publication
+	res  Result
+	done bool
 }
 
 // Sub is one subscription of one subscriber to one topic.
@@ -204,12 +221,109 @@ func (r *Registry) Publish(p Publication) (Result, error) {
 	if r.broker != nil {
 		return r.publishBroker(p)
 	}
-	t := r.lockTopic(p.Topic)
-	defer t.mu.Unlock()
-	t.seq++
-	res := r.emitLocked(t, p.Data, p.Binary, p.Key)
-	r.Stats.Published.Add(1)
-	return res, nil
+	req := &pubReq{p: p}
+	t := r.enqueue(req)
+	t.mu.Lock()
+	for !req.done {
+		r.combineLocked(t)
+	}
+	t.mu.Unlock()
+	return req.res, nil
+}
+
+// maxCombine bounds the publishes one lock holder fans out together, and so
+// the wait of the first of them.
+const maxCombine = 64
+
+// enqueue queues req in the inbox of the live topic req.p.Topic, creating
+// the topic if needed, and returns the topic.
+func (r *Registry) enqueue(req *pubReq) *Topic {
+	for {
+		t := r.getTopic(req.p.Topic)
+		t.qmu.Lock()
+		if !t.dead {
+			t.inbox = append(t.inbox, req)
+			t.qmu.Unlock()
+			return t
+		}
+		t.qmu.Unlock() // reclaimed between the lookup and the lock
+	}
+}
+
+// combineLocked takes up to maxCombine publishes from t's inbox (the
+// caller's among them, since it is not done and the inbox is FIFO), gives
+// them consecutive seqs and fans them out together: each subscriber gets
+// the batch in one SendMessages call, so a backlog of publishes to a busy
+// topic costs each subscriber one write instead of one per message. With
+// no backlog the batch is the caller's publish alone, served as before.
+// Every publisher left in the inbox is waiting for t.mu and serves the rest.
+// t.mu must be held.
+func (r *Registry) combineLocked(t *Topic) {
+	t.qmu.Lock()
+	n := min(len(t.inbox), maxCombine)
+	reqs := append(t.spare[:0], t.inbox[:n]...)
+	rest := copy(t.inbox, t.inbox[n:])
+	clear(t.inbox[rest:])
+	t.inbox = t.inbox[:rest]
+	t.qmu.Unlock()
+
+	if len(reqs) == 1 {
+		req := reqs[0]
+		t.seq++
+		req.res = r.emitLocked(t, req.p.Data, req.p.Binary, req.p.Key)
+		req.done = true
+	} else {
+		r.emitBatchLocked(t, reqs)
+	}
+	r.Stats.Published.Add(int64(len(reqs)))
+	clear(reqs)
+	t.spare = reqs
+}
+
+// emitBatchLocked is emitLocked for several publishes at once: each gets
+// the next seq, is encoded once and retained, and every subscriber is sent
+// the whole batch in one call. t.mu must be held.
+func (r *Registry) emitBatchLocked(t *Topic, reqs []*pubReq) {
+	now := r.now()
+	t.lastActive = now
+	ms := t.batch[:0]
+	var bytes int64
+	for _, req := range reqs {
+		t.seq++
+		m := r.encode(t, t.seq, req.p.Data, req.p.Binary, req.p.Key)
+		t.rate.add(now)
+		if t.rule.HistorySize > 0 {
+			t.hist.push(t.seq, m, now)
+		}
+		req.res.Seq = t.seq
+		ms = append(ms, m)
+	}
+	if t.rule.HistorySize > 0 {
+		t.hist.expire(now, t.rule.HistoryTTL)
+	}
+	if cap(t.sent) < len(ms) {
+		t.sent = make([]int, len(ms))
+	}
+	sent := t.sent[:len(ms)]
+	clear(sent)
+	r.fanoutBatch(t.subs, ms, sent)
+	// sent[k] subscribers took exactly k+1 messages; message i reached
+	// every subscriber that took more than i.
+	total := 0
+	for i := len(ms) - 1; i >= 0; i-- {
+		total += sent[i]
+		reqs[i].res.Delivered = total
+		reqs[i].done = true
+		bytes += int64(total) * int64(len(ms[i].Frame))
+	}
+	delivered := 0
+	for _, req := range reqs {
+		delivered += req.res.Delivered
+	}
+	r.Stats.Deliveries.Add(int64(delivered))
+	r.Stats.DeliveryBytes.Add(bytes)
+	clear(ms)
+	t.batch = ms[:0]
 }
 
 // emitLocked encodes the message at t.seq once, retains it and fans it out.
@@ -283,6 +397,51 @@ func (r *Registry) fanout(subs []*Sub, m *conn.Message) int {
 	n := sendAll(subs[:size], m) // the publisher serves the first shard itself
 	wg.Wait()
 	return n + int(total)
+}
+
+// fanoutBatch sends ms to every subscriber in subs, sharded like fanout,
+// and counts in sent[k-1] the subscribers that took k messages.
+func (r *Registry) fanoutBatch(subs []*Sub, ms []*conn.Message, sent []int) {
+	size := r.cfg.ShardSize
+	if len(subs) <= size {
+		sendAllBatch(subs, ms, sent)
+		return
+	}
+	var (
+		wg sync.WaitGroup
+		mu sync.Mutex
+	)
+	for start := size; start < len(subs); start += size {
+		part := subs[start:min(start+size, len(subs))]
+		wg.Add(1)
+		task := func() {
+			local := make([]int, len(ms))
+			sendAllBatch(part, ms, local)
+			mu.Lock()
+			for i, v := range local {
+				sent[i] += v
+			}
+			mu.Unlock()
+			wg.Done()
+		}
+		if err := r.pool.Submit(task); err != nil {
+			task() // pool released: serve it here
+		}
+	}
+	mine := make([]int, len(ms))
+	sendAllBatch(subs[:size], ms, mine) // the publisher serves the first shard itself
+	wg.Wait()
+	for i, v := range mine {
+		sent[i] += v
+	}
+}
+
+func sendAllBatch(subs []*Sub, ms []*conn.Message, sent []int) {
+	for _, s := range subs {
+		if k := s.s.SendMessages(ms); k > 0 {
+			sent[k-1]++
+		}
+	}
 }
 
 func sendAll(subs []*Sub, m *conn.Message) int {

@@ -34,6 +34,9 @@ const MaxHistory = 100_000
 type Subscriber interface {
 	// SendMessage queues m without blocking; m is shared and read-only.
 	SendMessage(m *conn.Message) bool
+	// SendMessages queues ms in order without blocking and writes them
+	// together; it returns how many, from the first, were queued.
+	SendMessages(ms []*conn.Message) int
 	// Deflate reports whether the subscriber negotiated permessage-deflate.
 	Deflate() bool
 }
@@ -284,21 +287,28 @@ func (r *Registry) shard(name string) *shard {
 	return &r.shards[maphash.String(r.seed, name)%numShards]
 }
 
-// topic returns the live topic name, creating it if needed, with t.mu held.
-func (r *Registry) lockTopic(name string) *Topic {
+// getTopic returns topic name, creating it if needed; it may be reclaimed
+// (dead) by the time the caller locks it.
+func (r *Registry) getTopic(name string) *Topic {
 	sh := r.shard(name)
-	for {
-		sh.mu.RLock()
-		t := sh.m[name]
-		sh.mu.RUnlock()
-		if t == nil {
-			sh.mu.Lock()
-			if t = sh.m[name]; t == nil {
-				t = newTopic(r, name)
-				sh.m[name] = t
-			}
-			sh.mu.Unlock()
+	sh.mu.RLock()
+	t := sh.m[name]
+	sh.mu.RUnlock()
+	if t == nil {
+		sh.mu.Lock()
+		if t = sh.m[name]; t == nil {
+			t = newTopic(r, name)
+			sh.m[name] = t
 		}
+		sh.mu.Unlock()
+	}
+	return t
+}
+
+// lockTopic returns the live topic name, creating it if needed, with t.mu held.
+func (r *Registry) lockTopic(name string) *Topic {
+	for {
+		t := r.getTopic(name)
 		t.mu.Lock()
 		if !t.dead {
 			return t
@@ -317,11 +327,13 @@ func (r *Registry) Reclaim(now int64) int {
 		sh.mu.Lock()
 		for name, t := range sh.m {
 			t.mu.Lock()
-			if len(t.subs) == 0 && t.lastActive <= cutoff && t.bstate == bNone {
+			t.qmu.Lock()
+			if len(t.subs) == 0 && t.lastActive <= cutoff && t.bstate == bNone && len(t.inbox) == 0 {
 				t.dead = true
 				delete(sh.m, name)
 				n++
 			}
+			t.qmu.Unlock()
 			t.mu.Unlock()
 		}
 		sh.mu.Unlock()
