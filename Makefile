@@ -14,7 +14,8 @@ build:
 	$(GO) build -o bin/surge ./cmd/surge
 
 ## test: race-detected, shuffled unit and integration tests, including the
-## outside clients (Node ws, Python websockets, websocket-client; see .ci/run)
+## outside clients (Node ws, Python websockets, websocket-client, headless
+## Chromium incl. the status page; see .ci/run)
 test:
 	$(GO) test -race -shuffle=on -timeout 15m $(PKGS)
 

@@ -484,6 +484,16 @@ func TestManyIdleConnectionsGoroutinesFlat(t *testing.T) {
 
 func TestTopicsEndpoint(t *testing.T) {
 	e := startEngine(t, engine.Config{})
+	// No topics yet: "top" is [] (the status page iterates it), not null.
+	resp, err := http.Get("http://" + e.Addr() + "/v1/topics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	empty, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if got := strings.TrimSpace(string(empty)); got != `{"topics":0,"top":[]}` {
+		t.Fatalf("no topics: got %s", got)
+	}
 	a := dialRaw(t, e.Addr(), "/ws?topic=few&topic=many")
 	b := dialRaw(t, e.Addr(), "/ws?topic=many")
 	_, _ = a, b

@@ -141,10 +141,14 @@ func (e *Engine) handleTopics(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	nt, _ := e.reg.Count()
+	top := e.reg.TopBy(limit, byRate)
+	if top == nil {
+		top = []topics.TopicInfo{} // [] rather than null: clients iterate it
+	}
 	writeJSON(w, http.StatusOK, struct {
 		Topics int                `json:"topics"`
 		Top    []topics.TopicInfo `json:"top"`
-	}{nt, e.reg.TopBy(limit, byRate)})
+	}{nt, top})
 }
 
 type apiError struct {

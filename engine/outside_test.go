@@ -4,7 +4,13 @@ package engine_test
 // Python `websockets`, Python `websocket-client`, and headless Chromium driven
 // by playwright-core) run the scenario scripts in test/clients against a real
 // engine. The scripts print one JSON line and exit non-zero with a message on
-// stderr on failure.
+// stderr on failure. A script with a driver (status_page.mjs) may also ask the
+// test for server-side steps: it prints {"want":…} lines and reads one JSON
+// reply line each on stdin.
+//
+// Screenshots and other artefacts go to $SURGE_ARTEFACTS/<test name>/ when that
+// is set, under go test's -artifacts output directory with -artifacts, and
+// otherwise to a kept temporary directory; the test logs their paths.
 //
 // Prerequisites (installed by .ci/run):
 //
@@ -21,12 +27,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -48,6 +57,18 @@ type outsideClient struct {
 	check   func(dir string) error                  // prerequisites present?
 	command func(dir, script, base string) []string // argv
 	timeout time.Duration                           // whole script; 0 means defaultOutsideTimeout
+	// env, when set, adds environment variables for the script.
+	env func(t *testing.T) []string
+	// driver, when set, is called once per run and returns the function that
+	// serves the script's requests ({"want":…} lines on its stdout); its reply
+	// goes to the script's stdin as one JSON line. An error fails the test.
+	driver func(t *testing.T, e *engine.Engine) func(req driverRequest) (any, error)
+}
+
+// driverRequest is one {"want":…} line from a script.
+type driverRequest struct {
+	Want string          `json:"want"`
+	Raw  json.RawMessage `json:"-"`
 }
 
 // defaultOutsideTimeout bounds one scenario script (they bound themselves lower).
@@ -77,22 +98,27 @@ var outsideClients = []outsideClient{
 		// (~4 KiB) and a plain push; checks /v1/stats deflated_sent.
 		name:    "browser_deflate",
 		script:  "browser_deflate.mjs",
-		install: "apt-get install -y --no-install-recommends chromium, install Node 20 and run `npm ci --no-audit --no-fund` in test/clients",
-		check: func(dir string) error {
-			if _, err := exec.LookPath("node"); err != nil {
-				return err
-			}
-			if _, err := os.Stat(systemChromium); err != nil {
-				return err
-			}
-			if _, err := os.Stat(filepath.Join(dir, "node_modules", "playwright-core", "package.json")); err != nil {
-				return err
-			}
-			return nil
-		},
+		install: browserInstall,
+		check:   browserCheck,
 		command: func(dir, script, base string) []string { return []string{"node", script, base} },
 		// Browser start-up plus the script's own 25 s watchdog and 10 s cleanup budget.
 		timeout: 60 * time.Second,
+	},
+	{
+		// The status page at / in a real browser: figures, charts, top topics,
+		// close reasons and the try-it panel follow what the test does to the
+		// engine (statusPageDriver), with a screenshot idle and one under load.
+		name:    "status_page",
+		script:  "status_page.mjs",
+		install: browserInstall,
+		check:   browserCheck,
+		command: func(dir, script, base string) []string { return []string{"node", script, base} },
+		env: func(t *testing.T) []string {
+			return []string{"SURGE_SCREENSHOT_DIR=" + artefactDir(t)}
+		},
+		driver: newStatusPageDriver,
+		// The script's own 100 s watchdog and 10 s cleanup budget.
+		timeout: 140 * time.Second,
 	},
 	{
 		name:    "py_websockets",
@@ -108,6 +134,49 @@ var outsideClients = []outsideClient{
 		check:   func(string) error { return pythonImports("websocket") },
 		command: func(dir, script, base string) []string { return []string{debianPython, script, base} },
 	},
+}
+
+const browserInstall = "apt-get install -y --no-install-recommends chromium, install Node 20 and run `npm ci --no-audit --no-fund` in test/clients"
+
+func browserCheck(dir string) error {
+	if _, err := exec.LookPath("node"); err != nil {
+		return err
+	}
+	if _, err := os.Stat(systemChromium); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "playwright-core", "package.json")); err != nil {
+		return err
+	}
+	return nil
+}
+
+// artefactDir is where a test keeps files for people to look at afterwards
+// (screenshots): $SURGE_ARTEFACTS/<test name> when set; t.ArtifactDir() when
+// go test runs with -artifacts; else a new temporary directory that is kept
+// (t.ArtifactDir would remove it). The path is logged.
+func artefactDir(t *testing.T) string {
+	t.Helper()
+	var dir string
+	if root := os.Getenv("SURGE_ARTEFACTS"); root != "" {
+		dir = filepath.Join(root, strings.NewReplacer("/", "-", " ", "_").Replace(t.Name()))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	} else if f := flag.Lookup("test.artifacts"); f != nil && f.Value.String() == "true" {
+		dir = t.ArtifactDir()
+	} else {
+		var err error
+		if dir, err = os.MkdirTemp("", "surge-artefacts-"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("artefacts: %s", abs)
+	return abs
 }
 
 func pythonImports(module string) error {
@@ -129,7 +198,9 @@ type outsideResult struct {
 	Version string `json:"version"`
 	OK      bool   `json:"ok"`
 	Seq     int64  `json:"seq"`
-	Runs    []struct {
+	// Screenshots are PNG files the script saved (status_page.mjs).
+	Screenshots []string `json:"screenshots"`
+	Runs        []struct {
 		Mode              string `json:"mode"`
 		OfferedDeflate    bool   `json:"offered_deflate"`
 		ExtensionsOffered string `json:"extensions_offered"` // what the client sent, when it reports it
@@ -188,17 +259,73 @@ func runOutsideClient(t *testing.T, oc outsideClient, dir, script string) {
 	argv := oc.command(dir, script, base)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = dir
-	// On timeout ask the script to stop (so browser_deflate.mjs closes Chromium
-	// and removes its profile); kill it if it has not exited 5 s later.
+	if oc.env != nil {
+		cmd.Env = append(os.Environ(), oc.env(t)...)
+	}
+	// On timeout ask the script to stop (so the browser scripts close Chromium
+	// and remove their profile); kill it if it has not exited 5 s later.
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	start := time.Now()
-	runErr := cmd.Run()
-	took := time.Since(start).Round(time.Millisecond)
+	stdout := &lineBuffer{notify: make(chan struct{}, 1)}
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = stdout, &stderr
+	var serve func(driverRequest) (any, error)
+	var stdin io.WriteCloser
+	if oc.driver != nil {
+		serve = oc.driver(t, e)
+		if stdin, err = cmd.StdinPipe(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	report := func() string {
 		return "\ncommand: " + strings.Join(argv, " ") + "\nstdout:\n" + stdout.String() + "\nstderr:\n" + stderr.String()
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("%s: %v%s", oc.name, err, report())
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var runErr, driveErr error
+wait:
+	for {
+		select {
+		case runErr = <-done:
+			break wait
+		case <-stdout.notify:
+		}
+		for {
+			line, ok := stdout.next()
+			if !ok {
+				break
+			}
+			var req driverRequest
+			if serve == nil || json.Unmarshal([]byte(line), &req) != nil || req.Want == "" {
+				continue
+			}
+			req.Raw = json.RawMessage(line)
+			reply, err := serve(req)
+			if err != nil {
+				// Tell the script (it fails with this message), then stop it.
+				b, _ := json.Marshal(map[string]string{"error": err.Error()})
+				stdin.Write(append(b, '\n'))
+				driveErr = fmt.Errorf("request %s: %w", line, err)
+				cancel()
+				runErr = <-done
+				break wait
+			}
+			b, err := json.Marshal(reply)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := stdin.Write(append(b, '\n')); err != nil {
+				t.Logf("%s: writing the reply to %s: %v", oc.name, req.Want, err)
+			}
+		}
+	}
+	took := time.Since(start).Round(time.Millisecond)
+	if driveErr != nil {
+		t.Fatalf("%s: the test's side failed after %v: %v%s", oc.name, took, driveErr, report())
 	}
 	if ctx.Err() != nil {
 		t.Fatalf("%s timed out after %v%s", oc.name, took, report())
@@ -235,7 +362,66 @@ func runOutsideClient(t *testing.T, oc outsideClient, dir, script string) {
 			t.Logf("%s [%s]: deflate offered, server answered Sec-WebSocket-Extensions: %q", oc.name, r.Mode, r.ExtensionsHeader)
 		}
 	}
+	for _, p := range res.Screenshots {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Errorf("%s: screenshot: %v", oc.name, err)
+			continue
+		}
+		if !bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")) {
+			t.Errorf("%s: screenshot %s is not a PNG", oc.name, p)
+			continue
+		}
+		t.Logf("%s: screenshot %s (%d KiB)", oc.name, p, len(b)>>10)
+	}
 	t.Logf("%s %s passed in %v: %s", res.Client, res.Version, took, line)
+}
+
+// lineBuffer collects a script's stdout and hands out its complete lines; a
+// send on notify (capacity 1) says new lines may be there. Writes never block.
+type lineBuffer struct {
+	mu      sync.Mutex
+	all     bytes.Buffer
+	partial []byte
+	lines   []string
+	notify  chan struct{}
+}
+
+func (b *lineBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	b.all.Write(p)
+	b.partial = append(b.partial, p...)
+	for {
+		i := bytes.IndexByte(b.partial, '\n')
+		if i < 0 {
+			break
+		}
+		b.lines = append(b.lines, string(b.partial[:i]))
+		b.partial = b.partial[i+1:]
+	}
+	b.mu.Unlock()
+	select {
+	case b.notify <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+func (b *lineBuffer) next() (string, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.lines) == 0 {
+		return "", false
+	}
+	l := b.lines[0]
+	b.lines = b.lines[1:]
+	return l, true
+}
+
+func (b *lineBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.all.String()
 }
 
 func lastLine(s string) string {
