@@ -26,9 +26,10 @@ import (
 // above the bars instead of through them. Its methods are safe for
 // concurrent use; stop must be called once the run has returned.
 type liveProgress struct {
-	w     io.Writer     // stderr, serialised
-	bars  *mpb.Progress // nil: no bars
-	quiet bool
+	w       io.Writer     // stderr, serialised
+	bars    *mpb.Progress // nil: no bars
+	refresh chan any      // asks bars to redraw (and to print what was written)
+	quiet   bool
 
 	stopped atomic.Bool
 	// Live counts shown by the bars' decorators.
@@ -48,8 +49,9 @@ type liveProgress struct {
 // progressBarWidth is the bars' width in columns.
 const progressBarWidth = 40
 
-// progressTick is how often a timed bar moves between two callbacks.
-const progressTick = 200 * time.Millisecond
+// progressTick is how often the bars are redrawn, and a timed bar moves
+// between two callbacks.
+const progressTick = 150 * time.Millisecond
 
 // newLiveProgress returns the progress display for stderr: bars only when
 // stderr is a terminal and quiet is not set.
@@ -76,15 +78,20 @@ func terminal(w io.Writer) (*os.File, bool) {
 	return f, true
 }
 
-// newBarProgress draws bars on out; plain writes before the bars start and
-// after they stop go to stderr. Extra options are for tests.
-func newBarProgress(stderr, out io.Writer, opts ...mpb.ContainerOption) *liveProgress {
-	opts = append([]mpb.ContainerOption{
-		mpb.WithOutput(out),
-		mpb.WithWidth(progressBarWidth),
-		mpb.WithRefreshRate(150 * time.Millisecond),
-	}, opts...)
-	return &liveProgress{w: stderr, bars: mpb.New(opts...)}
+// newBarProgress draws bars on out (whether or not it is a terminal);
+// writes after stop go to stderr.
+func newBarProgress(stderr, out io.Writer) *liveProgress {
+	lp := &liveProgress{
+		w:        stderr,
+		refresh:  make(chan any),
+		tickQuit: make(chan struct{}),
+		tickDone: make(chan struct{}),
+	}
+	// Redrawn by lp.tick rather than mpb's own timer, so that stop can make
+	// sure the last lines written are printed.
+	lp.bars = mpb.New(mpb.WithOutput(out), mpb.WithWidth(progressBarWidth), mpb.WithManualRefresh(lp.refresh))
+	go lp.tick()
+	return lp
 }
 
 // Write prints b above the bars while they are drawn, else on stderr.
@@ -166,8 +173,6 @@ func (lp *liveProgress) addBars(target int, timedName string, timed time.Duratio
 		),
 		mpb.AppendDecorators(decor.Percentage(decor.WC{W: 5})),
 	)
-	lp.tickQuit, lp.tickDone = make(chan struct{}), make(chan struct{})
-	go lp.tick()
 }
 
 // Where a run is with respect to its timed phase.
@@ -206,10 +211,9 @@ func (lp *liveProgress) update(connecting bool, connected, failed int64, timed t
 	lp.failed.Store(failed)
 	lp.mu.Lock()
 	defer lp.mu.Unlock()
-	if connecting {
-		lp.connect.SetCurrent(connected + failed)
-	} else {
-		lp.connect.SetTotal(-1, true) // the connect phase is over, whatever it reached
+	lp.connect.SetCurrent(connected + failed)
+	if !connecting && connected+failed < lp.target.Load() {
+		lp.connect.Abort(false) // the connect phase ended short of the target
 	}
 	if lp.timed == nil {
 		return
@@ -241,6 +245,8 @@ func (lp *liveProgress) moveTimedLocked() {
 	lp.timed.SetCurrent(min(at.Milliseconds(), lp.timedTotal.Milliseconds()-1))
 }
 
+// tick moves the timed bar and redraws the bars every progressTick until
+// stop.
 func (lp *liveProgress) tick() {
 	defer close(lp.tickDone)
 	tk := time.NewTicker(progressTick)
@@ -251,8 +257,11 @@ func (lp *liveProgress) tick() {
 			return
 		case <-tk.C:
 			lp.mu.Lock()
-			lp.moveTimedLocked()
+			if lp.timed != nil {
+				lp.moveTimedLocked()
+			}
 			lp.mu.Unlock()
+			lp.refresh <- nil
 		}
 	}
 }
@@ -263,10 +272,8 @@ func (lp *liveProgress) stop() {
 	if lp.bars == nil || !lp.stopped.CompareAndSwap(false, true) {
 		return
 	}
-	if lp.tickQuit != nil {
-		close(lp.tickQuit)
-		<-lp.tickDone
-	}
+	close(lp.tickQuit)
+	<-lp.tickDone
 	lp.mu.Lock()
 	for _, b := range []*mpb.Bar{lp.connect, lp.timed} {
 		if b != nil {
@@ -274,5 +281,9 @@ func (lp *liveProgress) stop() {
 		}
 	}
 	lp.mu.Unlock()
+	// The second request is taken only once the first redraw has begun, and
+	// that one prints everything written before stop.
+	lp.refresh <- nil
+	lp.refresh <- nil
 	lp.bars.Wait()
 }

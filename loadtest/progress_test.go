@@ -10,8 +10,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/vbauerster/mpb/v8"
 )
 
 // syncBuffer is a bytes.Buffer safe for concurrent writers.
@@ -83,7 +81,7 @@ func TestLiveProgressQuiet(t *testing.T) {
 func TestLiveProgressBars(t *testing.T) {
 	var plain bytes.Buffer
 	var out syncBuffer
-	lp := newBarProgress(&plain, &out, mpb.WithAutoRefresh(), mpb.WithRefreshRate(10*time.Millisecond))
+	lp := newBarProgress(&plain, &out)
 	cb := lp.fanout(20, 2*time.Second)
 
 	var wg sync.WaitGroup
@@ -103,13 +101,14 @@ func TestLiveProgressBars(t *testing.T) {
 	moving := lp.timedAt
 	lp.mu.Unlock()
 	cb(FanoutProgress{Phase: "drain", Elapsed: 3 * time.Second, Connected: 19, Failed: 1, Publishing: 2 * time.Second})
-	cb(FanoutProgress{Phase: "done", Elapsed: 4 * time.Second, Connected: 19, Failed: 1, Publishing: 3 * time.Second})
 	wg.Wait()
+	// The last line, written right before stop, is not lost.
+	cb(FanoutProgress{Phase: "done", Elapsed: 4 * time.Second, Connected: 19, Failed: 1, Publishing: 3 * time.Second})
 	lp.stop()
 	fmt.Fprintln(lp, "after stop")
 
 	got := out.String()
-	for _, want := range []string{"connect", "19/20", "failed 1", "publish", "2.0s/2.0s", "100 %", "publish connected=19", "log 3.4"} {
+	for _, want := range []string{"connect", "19/20", "failed 1", "publish", "2.0s/2.0s", "100 %", "publish connected=19", "log 3.4", "done    connected=19"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("bar output lacks %q:\n%s", want, got)
 		}
@@ -126,7 +125,7 @@ func TestLiveProgressBars(t *testing.T) {
 // leaves the hold bar aborted, not full.
 func TestLiveProgressSkippedHold(t *testing.T) {
 	var out syncBuffer
-	lp := newBarProgress(&bytes.Buffer{}, &out, mpb.WithAutoRefresh(), mpb.WithRefreshRate(10*time.Millisecond))
+	lp := newBarProgress(&bytes.Buffer{}, &out)
 	cb := lp.idle(10, 5*time.Second)
 	cb(IdleProgress{Phase: "connect", Elapsed: time.Second, Connected: 3})
 	cb(IdleProgress{Phase: "done", Elapsed: 2 * time.Second, Connected: 3})
