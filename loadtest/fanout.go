@@ -516,13 +516,9 @@ func (r *fanoutRun) run(ctx context.Context) (*FanoutReport, error) {
 			cpuBefore = r.cpuSample(ctx)
 			r.publishPhase(ctx, pub)
 			r.phase.Store(fphaseDrain)
-			r.log.Info("DBG finish")
 			pub.finish()
-			r.log.Info("DBG drain")
 			r.drain()
-			r.log.Info("DBG cpu")
 			rep.cpu = r.cpuUsage(bg, cpuBefore)
-			r.log.Info("DBG stats")
 		}
 	}
 	if r.stats != nil {
