@@ -70,6 +70,7 @@ func mainIdle(args []string, stdout, stderr io.Writer) int {
 		out          string
 		maxFailRatio float64
 		quiet        bool
+		htmlOut      string
 	)
 	fs.StringVar(&cfg.URL, "url", "", "WebSocket endpoint, ws://host:port/ws (required)")
 	fs.StringVar(&cfg.StatsURL, "stats-url", "", `stats endpoint (default derived from --url: http://host:port/v1/stats; "-" disables)`)
@@ -85,7 +86,8 @@ func mainIdle(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&cfg.AllowRemote, "allow-remote", false, "allow a target that is not a loopback address")
 	fs.StringVar(&out, "out", "", `write the JSON report to this file ("-": stdout)`)
 	fs.Float64Var(&maxFailRatio, "max-fail-ratio", 0.01, "exit 1 when more than this share of connections failed or were lost")
-	fs.BoolVar(&quiet, "quiet", false, "no live progress lines")
+	fs.BoolVar(&quiet, "quiet", false, "no live progress lines or bars")
+	fs.StringVar(&htmlOut, "html", "", "also write a self-contained HTML report (tables and plots) to this file")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -118,18 +120,15 @@ func mainIdle(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	cfg.SourceIPs = ips
-	if !quiet {
-		cfg.Progress = func(p IdleProgress) {
-			fmt.Fprintf(stderr, "%6.1fs %-7s connected=%d open=%d failed=%d lost=%d\n",
-				p.Elapsed.Seconds(), p.Phase, p.Connected, p.Open, p.Failed, p.Lost)
-		}
-	}
+	live := newLiveProgress(stderr, quiet)
+	cfg.Progress = live.idle(cfg.Conns, cfg.Hold)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log := slog.New(slog.NewTextHandler(live, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
 	rep, err := Idle(ctx, cfg, log)
+	live.stop()
 	if rep == nil {
 		fmt.Fprintf(stderr, "surge load idle: %v\n", err)
 		return exitUsage
@@ -141,6 +140,12 @@ func mainIdle(args []string, stdout, stderr io.Writer) int {
 	writeIdleSummary(summary, rep)
 	if out != "" {
 		if werr := writeReport(out, stdout, rep); werr != nil {
+			fmt.Fprintf(stderr, "surge load idle: %v\n", werr)
+			return exitFail
+		}
+	}
+	if htmlOut != "" {
+		if werr := writeHTMLFile(htmlOut, idleHTML(rep)); werr != nil {
 			fmt.Fprintf(stderr, "surge load idle: %v\n", werr)
 			return exitFail
 		}
@@ -166,6 +171,7 @@ func mainFanout(args []string, stdout, stderr io.Writer) int {
 		out          string
 		maxFailRatio float64
 		quiet        bool
+		htmlOut      string
 	)
 	fs.StringVar(&cfg.URL, "url", "", "WebSocket endpoint, ws://host:port/ws (required); HTTP publishing uses the same host:port")
 	fs.StringVar(&cfg.StatsURL, "stats-url", "", `stats endpoint (default http://host:port/v1/stats; "-" disables)`)
@@ -191,7 +197,8 @@ func mainFanout(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&cfg.AllowRemote, "allow-remote", false, "allow a target that is not a loopback address")
 	fs.StringVar(&out, "out", "", `write the JSON report to this file ("-": stdout)`)
 	fs.Float64Var(&maxFailRatio, "max-fail-ratio", 0.01, "exit 1 when more than this share of subscribers failed to connect or were closed by the server")
-	fs.BoolVar(&quiet, "quiet", false, "no live progress lines")
+	fs.BoolVar(&quiet, "quiet", false, "no live progress lines or bars")
+	fs.StringVar(&htmlOut, "html", "", "also write a self-contained HTML report (tables and plots) to this file")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -217,19 +224,15 @@ func mainFanout(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	cfg.SourceIPs = ips
-	if !quiet {
-		cfg.Progress = func(p FanoutProgress) {
-			fmt.Fprintf(stderr, "%6.1fs %-7s connected=%d msgs/s=%.0f p99=%.2fms published=%d errors=%d (publish %d, connect %d, closed %d, anomalies %d)\n",
-				p.Elapsed.Seconds(), p.Phase, p.Connected, p.DeliveriesPerSec, p.P99Ms, p.Published,
-				p.PublishErrors+p.Failed+p.ServerClosed+p.Anomalies, p.PublishErrors, p.Failed, p.ServerClosed, p.Anomalies)
-		}
-	}
+	live := newLiveProgress(stderr, quiet)
+	cfg.Progress = live.fanout(cfg.Subs, cfg.Warmup+cfg.Duration)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log := slog.New(slog.NewTextHandler(live, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
 	rep, err := Fanout(ctx, cfg, log)
+	live.stop()
 	if rep == nil {
 		fmt.Fprintf(stderr, "surge load fanout: %v\n", err)
 		return exitUsage
@@ -241,6 +244,12 @@ func mainFanout(args []string, stdout, stderr io.Writer) int {
 	writeFanoutSummary(summary, rep)
 	if out != "" {
 		if werr := writeReport(out, stdout, rep); werr != nil {
+			fmt.Fprintf(stderr, "surge load fanout: %v\n", werr)
+			return exitFail
+		}
+	}
+	if htmlOut != "" {
+		if werr := writeHTMLFile(htmlOut, fanoutHTML(rep)); werr != nil {
 			fmt.Fprintf(stderr, "surge load fanout: %v\n", werr)
 			return exitFail
 		}

@@ -143,6 +143,9 @@ type FanoutProgress struct {
 	P99Ms float64
 	// Anomalies counts duplicates, reorderings and malformed frames so far.
 	Anomalies int64
+	// Publishing is how long publishing has lasted (warmup included); 0
+	// before it begins.
+	Publishing time.Duration
 }
 
 // Defaults for FanoutConfig.
@@ -513,13 +516,9 @@ func (r *fanoutRun) run(ctx context.Context) (*FanoutReport, error) {
 			cpuBefore = r.cpuSample(ctx)
 			r.publishPhase(ctx, pub)
 			r.phase.Store(fphaseDrain)
-			r.log.Info("DBG finish")
 			pub.finish()
-			r.log.Info("DBG drain")
 			r.drain()
-			r.log.Info("DBG cpu")
 			rep.cpu = r.cpuUsage(bg, cpuBefore)
-			r.log.Info("DBG stats")
 		}
 	}
 	if r.stats != nil {
@@ -853,6 +852,9 @@ func (r *fanoutRun) report() {
 	}
 	if r.total.TotalCount() > 0 {
 		p.P99Ms = float64(r.total.ValueAtPercentile(99)) / 1000
+	}
+	if !r.pubStart.IsZero() {
+		p.Publishing = time.Since(r.pubStart)
 	}
 	r.sampleMu.Unlock()
 	r.cfg.Progress(p)

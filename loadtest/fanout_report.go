@@ -80,6 +80,9 @@ type FanoutReport struct {
 	Mean         float64 `json:"mean"`
 	// DeliveriesPerSec is LatencyCount over the measured publishing time.
 	DeliveriesPerSec float64 `json:"deliveries_per_sec"`
+	// Latency is the same end-to-end distribution in more detail (for
+	// plots).
+	Latency LatencyDistribution `json:"latency"`
 
 	Subscribers SubscriberCounts `json:"subscribers"`
 	// FailRatio is (Subs − connected + closed by the server) / Subs.
@@ -361,6 +364,7 @@ func (r *fanoutRun) fill(rep *FanoutReport) {
 	// Latency over the measured period.
 	r.sampleMu.Lock()
 	l := summarize(r.total)
+	rep.Latency = distribution(r.total)
 	rep.Timeline = append([]TimelinePoint{}, r.timeline...)
 	r.sampleMu.Unlock()
 	rep.LatencyCount, rep.P50, rep.P90, rep.P99, rep.P999, rep.Max, rep.Mean =

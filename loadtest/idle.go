@@ -92,6 +92,8 @@ type IdleProgress struct {
 	Failed    int64
 	Open      int64 // connections open now
 	Lost      int64 // connections the server closed or dropped
+	// Holding is how long the hold has lasted; 0 before it begins.
+	Holding time.Duration
 }
 
 // Defaults for IdleConfig.
@@ -230,8 +232,9 @@ type idleRun struct {
 	dialers []ws.Dialer // one per source address (or one, kernel's choice)
 	urlBase string      // cfg.URL with "?topic=" or "&topic=" appended; or cfg.URL
 
-	start time.Time
-	phase atomic.Int32
+	start     time.Time
+	phase     atomic.Int32
+	holdStart atomic.Int64 // Unix ns; 0 until the hold begins
 
 	attempted, connected, failed atomic.Int64
 	open, lost                   atomic.Int64
@@ -248,6 +251,7 @@ type idleRun struct {
 	conns         []*clientConn       // by index; nil when not open
 	lastConnected time.Time
 	firstDial     time.Time
+	timeline      []IdleTimelinePoint
 }
 
 func newIdleRun(cfg IdleConfig, t target, stats *statsClient, log *slog.Logger) *idleRun {
@@ -299,6 +303,7 @@ func (r *idleRun) run(ctx context.Context) (*IdleReport, error) {
 
 	r.phase.Store(phaseHold)
 	if ctx.Err() == nil && r.cfg.Hold > 0 {
+		r.holdStart.Store(time.Now().UnixNano())
 		r.log.Info("idle: holding", "open", r.open.Load(), "hold", r.cfg.Hold)
 		t := time.NewTimer(r.cfg.Hold)
 		select {
@@ -495,12 +500,28 @@ func (r *idleRun) closeAll() {
 	<-done
 }
 
-// startProgress calls cfg.Progress once a second until the returned stop
-// function is called; stop makes one last call and waits for the goroutine.
+// startProgress extends the timeline and calls cfg.Progress (when set) once
+// a second until the returned stop function is called; stop does both once
+// more and waits for the goroutine.
 func (r *idleRun) startProgress() (stop func()) {
-	if r.cfg.Progress == nil {
-		return func() {}
+	tick := func() {
+		p := r.progress()
+		r.mu.Lock()
+		r.timeline = append(r.timeline, IdleTimelinePoint{
+			TS:        p.Elapsed.Seconds(),
+			Phase:     p.Phase,
+			Attempted: p.Attempted,
+			Connected: p.Connected,
+			Failed:    p.Failed,
+			Open:      p.Open,
+			Lost:      p.Lost,
+		})
+		r.mu.Unlock()
+		if r.cfg.Progress != nil {
+			r.cfg.Progress(p)
+		}
 	}
+	r.timeline = append(r.timeline, IdleTimelinePoint{Phase: phaseNames[phaseConnect]})
 	quit := make(chan struct{})
 	exited := make(chan struct{})
 	go func() {
@@ -510,10 +531,10 @@ func (r *idleRun) startProgress() (stop func()) {
 		for {
 			select {
 			case <-quit:
-				r.cfg.Progress(r.progress())
+				tick()
 				return
 			case <-tk.C:
-				r.cfg.Progress(r.progress())
+				tick()
 			}
 		}
 	}()
@@ -524,7 +545,12 @@ func (r *idleRun) startProgress() (stop func()) {
 }
 
 func (r *idleRun) progress() IdleProgress {
+	var holding time.Duration
+	if hs := r.holdStart.Load(); hs != 0 {
+		holding = time.Since(time.Unix(0, hs))
+	}
 	return IdleProgress{
+		Holding:   holding,
 		Phase:     phaseNames[r.phase.Load()],
 		Elapsed:   r.elapsed(),
 		Attempted: r.attempted.Load(),
@@ -574,6 +600,8 @@ func (r *idleRun) fill(rep *IdleReport) {
 		rep.FailRatio = float64(int64(r.cfg.Conns)-rep.Connected+rep.Lost) / float64(r.cfg.Conns)
 	}
 	rep.ConnectLatencyMs = summarize(r.hist)
+	rep.ConnectLatency = distribution(r.hist)
+	rep.Timeline = append([]IdleTimelinePoint{}, r.timeline...)
 	if rep.Connected > 0 {
 		rep.RampS = r.lastConnected.Sub(r.firstDial).Seconds()
 		if rep.RampS > 0 {

@@ -1,6 +1,7 @@
 package loadtest
 
 import (
+	"math"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
@@ -31,8 +32,10 @@ type IdleReport struct {
 	FailRatio float64 `json:"fail_ratio"`
 
 	// ConnectLatencyMs is TCP connect plus WebSocket upgrade, successful
-	// connections only.
-	ConnectLatencyMs LatencySummary `json:"connect_latency_ms"`
+	// connections only; ConnectLatency is the same distribution in more
+	// detail (for plots).
+	ConnectLatencyMs LatencySummary      `json:"connect_latency_ms"`
+	ConnectLatency   LatencyDistribution `json:"connect_latency"`
 	// RampS is from the first dial to the last successful handshake;
 	// ConnectRate is Connected / RampS.
 	RampS       float64 `json:"ramp_s"`
@@ -66,6 +69,22 @@ type IdleReport struct {
 	Generator GeneratorPhases `json:"generator"`
 	// GeneratorBytesPerConn is the same difference for this process.
 	GeneratorBytesPerConn *BytesPerConn `json:"generator_bytes_per_conn,omitempty"`
+
+	// Timeline has a point at the start, about one a second while the run
+	// lasts, and one at its end.
+	Timeline []IdleTimelinePoint `json:"timeline"`
+}
+
+// IdleTimelinePoint is the state of an idle run at one moment, counted from
+// the run's start.
+type IdleTimelinePoint struct {
+	TS        float64 `json:"t_s"`
+	Phase     string  `json:"phase"`
+	Attempted int64   `json:"attempted"`
+	Connected int64   `json:"connected"` // handshakes completed so far
+	Failed    int64   `json:"failed"`
+	Open      int64   `json:"open"` // open at that moment
+	Lost      int64   `json:"lost"` // closed or dropped by the server so far
 }
 
 // IdleReportConfig is the effective configuration (defaults filled in).
@@ -94,6 +113,37 @@ type LatencySummary struct {
 	P999  float64 `json:"p999"`
 	Max   float64 `json:"max"`
 }
+
+// LatencyDistribution is the shape of an HDR latency histogram in
+// milliseconds: the value at fixed percentiles (distributionPercentiles:
+// 0, 50, 75, 90, 95, 99, 99.9, 99.99, 100), and the counts in up to
+// distributionBuckets log-spaced buckets from the smallest to the largest
+// value recorded. Both are empty when nothing was recorded.
+type LatencyDistribution struct {
+	Percentiles []PercentileValue `json:"percentiles"`
+	Buckets     []LatencyBucket   `json:"buckets"`
+}
+
+// PercentileValue is the latency at or below which P percent of the samples
+// fall.
+type PercentileValue struct {
+	P  float64 `json:"p"`
+	Ms float64 `json:"ms"`
+}
+
+// LatencyBucket counts the samples from FromMs (inclusive) to ToMs
+// (exclusive), to the histogram's precision (3 significant digits).
+type LatencyBucket struct {
+	FromMs float64 `json:"from_ms"`
+	ToMs   float64 `json:"to_ms"`
+	Count  int64   `json:"count"`
+}
+
+// distributionPercentiles are the percentiles a LatencyDistribution gives.
+var distributionPercentiles = [...]float64{0, 50, 75, 90, 95, 99, 99.9, 99.99, 100}
+
+// distributionBuckets is the most buckets a LatencyDistribution has.
+const distributionBuckets = 40
 
 // ServerPhases holds the server's stats before connecting, once all
 // connections are up, and after the hold. A nil phase was not reached.
@@ -141,4 +191,45 @@ func perConn(before, after *int64, n int64) *float64 {
 	}
 	v := float64(*after-*before) / float64(n)
 	return &v
+}
+
+// distribution describes a histogram of microseconds in milliseconds. The
+// buckets are log-spaced between the lowest and the highest value recorded
+// (values below ~2 ms are exact to the microsecond, so a narrow range gets
+// fewer, one-microsecond-wide buckets).
+func distribution(h *hdrhistogram.Histogram) LatencyDistribution {
+	d := LatencyDistribution{Percentiles: []PercentileValue{}, Buckets: []LatencyBucket{}}
+	if h.TotalCount() == 0 {
+		return d
+	}
+	ms := func(us float64) float64 { return us / 1000 }
+	for _, p := range distributionPercentiles {
+		var v int64
+		switch p {
+		case 0:
+			v = h.Min()
+		case 100:
+			v = h.Max()
+		default:
+			v = h.ValueAtPercentile(p)
+		}
+		d.Percentiles = append(d.Percentiles, PercentileValue{P: p, Ms: ms(float64(v))})
+	}
+
+	lo, hi := max(h.Min(), 1), h.Max()+1 // [lo, hi) in µs
+	n := int(min(int64(distributionBuckets), hi-lo))
+	span := math.Log(float64(hi) / float64(lo))
+	edge := func(i int) float64 { return float64(lo) * math.Exp(span*float64(i)/float64(n)) }
+	counts := make([]int64, n)
+	for _, b := range h.Distribution() {
+		if b.Count == 0 {
+			continue
+		}
+		i := int(float64(n) * math.Log(float64(max(b.From, lo))/float64(lo)) / span)
+		counts[min(max(i, 0), n-1)] += b.Count
+	}
+	for i, c := range counts {
+		d.Buckets = append(d.Buckets, LatencyBucket{FromMs: ms(edge(i)), ToMs: ms(edge(i + 1)), Count: c})
+	}
+	return d
 }
