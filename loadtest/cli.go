@@ -70,6 +70,7 @@ func mainIdle(args []string, stdout, stderr io.Writer) int {
 		out          string
 		maxFailRatio float64
 		quiet        bool
+		procs        int
 	)
 	fs.StringVar(&cfg.URL, "url", "", "WebSocket endpoint, ws://host:port/ws (required)")
 	fs.StringVar(&cfg.StatsURL, "stats-url", "", `stats endpoint (default derived from --url: http://host:port/v1/stats; "-" disables)`)
@@ -86,6 +87,7 @@ func mainIdle(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&out, "out", "", `write the JSON report to this file ("-": stdout)`)
 	fs.Float64Var(&maxFailRatio, "max-fail-ratio", 0.01, "exit 1 when more than this share of connections failed or were lost")
 	fs.BoolVar(&quiet, "quiet", false, "no live progress lines")
+	fs.IntVar(&procs, "procs", 0, procsUsage)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -118,6 +120,9 @@ func mainIdle(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	cfg.SourceIPs = ips
+	if isChild() {
+		return idleChild(cfg, stdout, stderr)
+	}
 	if !quiet {
 		cfg.Progress = func(p IdleProgress) {
 			fmt.Fprintf(stderr, "%6.1fs %-7s connected=%d open=%d failed=%d lost=%d\n",
@@ -129,7 +134,7 @@ func mainIdle(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
-	rep, err := Idle(ctx, cfg, log)
+	rep, err := runIdle(ctx, cfg, procs, args, stderr, log)
 	if rep == nil {
 		fmt.Fprintf(stderr, "surge load idle: %v\n", err)
 		return exitUsage
@@ -166,6 +171,7 @@ func mainFanout(args []string, stdout, stderr io.Writer) int {
 		out          string
 		maxFailRatio float64
 		quiet        bool
+		procs        int
 	)
 	fs.StringVar(&cfg.URL, "url", "", "WebSocket endpoint, ws://host:port/ws (required); HTTP publishing uses the same host:port")
 	fs.StringVar(&cfg.StatsURL, "stats-url", "", `stats endpoint (default http://host:port/v1/stats; "-" disables)`)
@@ -192,6 +198,7 @@ func mainFanout(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&out, "out", "", `write the JSON report to this file ("-": stdout)`)
 	fs.Float64Var(&maxFailRatio, "max-fail-ratio", 0.01, "exit 1 when more than this share of subscribers failed to connect or were closed by the server")
 	fs.BoolVar(&quiet, "quiet", false, "no live progress lines")
+	fs.IntVar(&procs, "procs", 0, procsUsage)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -217,6 +224,9 @@ func mainFanout(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	cfg.SourceIPs = ips
+	if isChild() {
+		return fanoutChild(cfg, stdout, stderr)
+	}
 	if !quiet {
 		cfg.Progress = func(p FanoutProgress) {
 			fmt.Fprintf(stderr, "%6.1fs %-7s connected=%d msgs/s=%.0f p99=%.2fms published=%d errors=%d (publish %d, connect %d, closed %d, anomalies %d)\n",
@@ -229,7 +239,7 @@ func mainFanout(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
-	rep, err := Fanout(ctx, cfg, log)
+	rep, err := runFanout(ctx, cfg, procs, args, stderr, log)
 	if rep == nil {
 		fmt.Fprintf(stderr, "surge load fanout: %v\n", err)
 		return exitUsage
