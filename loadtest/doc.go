@@ -5,6 +5,7 @@
 // same scenario can measure any server that speaks that contract.
 //
 // Scenarios:
+//
 //   - Idle (`surge load idle`): open N WebSocket connections at a paced rate,
 //     hold them open, answer server pings, and report connect latency, failure
 //     causes, server-initiated closes and the memory each connection costs the
