@@ -71,6 +71,7 @@ func mainIdle(args []string, stdout, stderr io.Writer) int {
 		maxFailRatio float64
 		quiet        bool
 		htmlOut      string
+		procs        int
 	)
 	fs.StringVar(&cfg.URL, "url", "", "WebSocket endpoint, ws://host:port/ws (required)")
 	fs.StringVar(&cfg.StatsURL, "stats-url", "", `stats endpoint (default derived from --url: http://host:port/v1/stats; "-" disables)`)
@@ -88,6 +89,7 @@ func mainIdle(args []string, stdout, stderr io.Writer) int {
 	fs.Float64Var(&maxFailRatio, "max-fail-ratio", 0.01, "exit 1 when more than this share of connections failed or were lost")
 	fs.BoolVar(&quiet, "quiet", false, "no live progress lines or bars")
 	fs.StringVar(&htmlOut, "html", "", "also write a self-contained HTML report (tables and plots) to this file")
+	fs.IntVar(&procs, "procs", 0, procsUsage)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -120,6 +122,9 @@ func mainIdle(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	cfg.SourceIPs = ips
+	if isChild() {
+		return idleChild(cfg, stdout, stderr)
+	}
 	live := newLiveProgress(stderr, quiet)
 	cfg.Progress = live.idle(cfg.Conns, cfg.Hold)
 
@@ -127,7 +132,7 @@ func mainIdle(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	log := slog.New(slog.NewTextHandler(live, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
-	rep, err := Idle(ctx, cfg, log)
+	rep, err := runIdle(ctx, cfg, procs, args, stderr, log)
 	live.stop()
 	if rep == nil {
 		fmt.Fprintf(stderr, "surge load idle: %v\n", err)
@@ -172,6 +177,7 @@ func mainFanout(args []string, stdout, stderr io.Writer) int {
 		maxFailRatio float64
 		quiet        bool
 		htmlOut      string
+		procs        int
 	)
 	fs.StringVar(&cfg.URL, "url", "", "WebSocket endpoint, ws://host:port/ws (required); HTTP publishing uses the same host:port")
 	fs.StringVar(&cfg.StatsURL, "stats-url", "", `stats endpoint (default http://host:port/v1/stats; "-" disables)`)
@@ -199,6 +205,7 @@ func mainFanout(args []string, stdout, stderr io.Writer) int {
 	fs.Float64Var(&maxFailRatio, "max-fail-ratio", 0.01, "exit 1 when more than this share of subscribers failed to connect or were closed by the server")
 	fs.BoolVar(&quiet, "quiet", false, "no live progress lines or bars")
 	fs.StringVar(&htmlOut, "html", "", "also write a self-contained HTML report (tables and plots) to this file")
+	fs.IntVar(&procs, "procs", 0, procsUsage)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -224,6 +231,9 @@ func mainFanout(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	cfg.SourceIPs = ips
+	if isChild() {
+		return fanoutChild(cfg, stdout, stderr)
+	}
 	live := newLiveProgress(stderr, quiet)
 	cfg.Progress = live.fanout(cfg.Subs, cfg.Warmup+cfg.Duration)
 
@@ -231,7 +241,7 @@ func mainFanout(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	log := slog.New(slog.NewTextHandler(live, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
-	rep, err := Fanout(ctx, cfg, log)
+	rep, err := runFanout(ctx, cfg, procs, args, stderr, log)
 	live.stop()
 	if rep == nil {
 		fmt.Fprintf(stderr, "surge load fanout: %v\n", err)

@@ -5,6 +5,7 @@
 // same scenario can measure any server that speaks that contract.
 //
 // Scenarios:
+//
 //   - Idle (`surge load idle`): open N WebSocket connections at a paced rate,
 //     hold them open, answer server pings, and report connect latency, failure
 //     causes, server-initiated closes and the memory each connection costs the
@@ -27,11 +28,31 @@
 // target; publishing or hold time), with log records printed above them.
 // Not a terminal (tests, CI, pipes): plain lines only. --quiet: neither.
 //
+// Several processes (--procs, procs.go): one process holds at most its
+// RLIMIT_NOFILE sockets, so Main spreads a scenario's connections over child
+// processes of its own binary (os.Executable, `load <scenario>` and the same
+// flags, the shard in SURGE_LOAD_SHARD). --procs 0, the default, is
+// ceil(conns / (limit − 1000)) after raising the soft limit to the hard one;
+// 1 runs in-process. Children take contiguous index ranges, so connection i
+// subscribes to topic i mod Topics overall, with their share of the connect
+// rate and of --source-ips (distinct addresses when there are at least as
+// many as children). They talk JSON lines: progress, phase messages and a
+// final report with HDR-encoded histograms on stdout; commands from the
+// parent on stdin. The parent alone reads server stats and (fanout)
+// publishes; before the drain it sends every child the exact set of
+// acknowledged publishes per topic, so each child's loss count stays exact.
+// The merged report has the single-process schema (counts summed, histograms
+// merged, percentiles exact) with config.procs set. Children die with the
+// parent (Pdeathsig SIGKILL on Linux) and are SIGTERMed, then killed, and
+// always waited for, when a child fails, a phase times out or the run is
+// interrupted.
+//
 // Safety: a scenario refuses any target that does not resolve only to
 // loopback addresses (127.0.0.0/8, ::1) unless the config sets AllowRemote,
 // and the check happens before any packet is sent. Every loop is bounded by a
 // count and a deadline.
 //
 // Concurrency: Idle, Fanout and Main may be called from several goroutines
-// at once; they share no package-level state.
+// at once; they share no package-level state. A process started with
+// SURGE_LOAD_SHARD set runs Main as a child (reading commands from stdin).
 package loadtest

@@ -329,28 +329,11 @@ func Fanout(ctx context.Context, cfg FanoutConfig, log *slog.Logger) (*FanoutRep
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	var prefer netip.Addr
-	if len(cfg.SourceIPs) > 0 {
-		prefer = cfg.SourceIPs[0]
-	}
-	wsTarget, err := resolveTarget(ctx, cfg.URL, []string{"ws"}, cfg.AllowRemote, prefer)
-	if err != nil {
-		return nil, err
-	}
-	for _, src := range cfg.SourceIPs {
-		if src.Unmap().Is4() != wsTarget.addr.Addr().Is4() {
-			return nil, fmt.Errorf("loadtest: fanout: source address %s is not of the target's family (%s)", src, wsTarget.addr.Addr())
-		}
-	}
-	stats, err := endpointClient(ctx, cfg.StatsURL, wsTarget, "/v1/stats", cfg.AllowRemote)
+	wsTarget, stats, metrics, err := fanoutEndpoints(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer stats.close()
-	metrics, err := endpointClient(ctx, cfg.MetricsURL, wsTarget, "/metrics", cfg.AllowRemote)
-	if err != nil {
-		return nil, err
-	}
 	defer metrics.close()
 
 	r, err := newFanoutRun(cfg, wsTarget, stats, metrics, log)
@@ -358,6 +341,34 @@ func Fanout(ctx context.Context, cfg FanoutConfig, log *slog.Logger) (*FanoutRep
 		return nil, err
 	}
 	return r.run(ctx)
+}
+
+// fanoutEndpoints resolves and checks the WebSocket target and the stats
+// and metrics endpoints (nil: disabled).
+func fanoutEndpoints(ctx context.Context, cfg FanoutConfig) (wsTarget target, stats, metrics *statsClient, err error) {
+	var prefer netip.Addr
+	if len(cfg.SourceIPs) > 0 {
+		prefer = cfg.SourceIPs[0]
+	}
+	wsTarget, err = resolveTarget(ctx, cfg.URL, []string{"ws"}, cfg.AllowRemote, prefer)
+	if err != nil {
+		return target{}, nil, nil, err
+	}
+	for _, src := range cfg.SourceIPs {
+		if src.Unmap().Is4() != wsTarget.addr.Addr().Is4() {
+			return target{}, nil, nil, fmt.Errorf("loadtest: fanout: source address %s is not of the target's family (%s)", src, wsTarget.addr.Addr())
+		}
+	}
+	stats, err = endpointClient(ctx, cfg.StatsURL, wsTarget, "/v1/stats", cfg.AllowRemote)
+	if err != nil {
+		return target{}, nil, nil, err
+	}
+	metrics, err = endpointClient(ctx, cfg.MetricsURL, wsTarget, "/metrics", cfg.AllowRemote)
+	if err != nil {
+		stats.close()
+		return target{}, nil, nil, err
+	}
+	return wsTarget, stats, metrics, nil
 }
 
 // Phases of a fanout run.
@@ -381,6 +392,9 @@ type fanoutRun struct {
 	log     *slog.Logger
 	dialers []ws.Dialer
 	urlBase string // cfg.URL with "?topic=" or "&topic=" appended
+	// first is the run-wide index of subscriber 0 when this process holds
+	// one shard of a multi-process run (topics stay i mod Topics overall).
+	first int
 
 	runID      string
 	topicNames [][]byte
@@ -591,9 +605,14 @@ func (r *fanoutRun) settledStats(ctx context.Context, before *ServerStats, open 
 // round-robin over the topics, until all are handed to pub, ctx ends, the
 // schedule is more than publishLateMax behind, or pub gives up.
 func (r *fanoutRun) publishPhase(ctx context.Context, pub publisher) {
+	r.publishPhaseAt(ctx, pub, time.Now())
+}
+
+// publishPhaseAt is publishPhase with the schedule starting at begin (which
+// may lie a little in the future: the first publish waits for it).
+func (r *fanoutRun) publishPhaseAt(ctx context.Context, pub publisher, begin time.Time) {
 	warm, measured := r.cfg.messageCounts()
 	total := warm + measured
-	begin := time.Now()
 	end := begin.Add(r.cfg.Warmup + r.cfg.Duration + publishLateMax)
 	pctx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()
@@ -747,7 +766,7 @@ func (r *fanoutRun) cpuUsage(ctx context.Context, before cpuSample) *CPUUsage {
 
 // topicURL is the URL subscriber i dials.
 func (r *fanoutRun) topicURL(i int) string {
-	return r.urlBase + url.QueryEscape(string(r.topicNames[i%r.cfg.Topics]))
+	return r.urlBase + url.QueryEscape(string(r.topicNames[(r.first+i)%r.cfg.Topics]))
 }
 
 // startSampler folds the latency shards into the run's histograms, extends

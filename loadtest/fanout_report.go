@@ -136,6 +136,9 @@ type FanoutReportConfig struct {
 	AllowRemote      bool     `json:"allow_remote"`
 	// Messages is how many messages the schedule holds (warmup included).
 	Messages int `json:"messages"`
+	// Procs is how many generator processes held the subscribers (1: this
+	// process alone; see --procs). The parent process publishes.
+	Procs int `json:"procs"`
 }
 
 // SubscriberCounts describes the subscriber connections.
@@ -263,6 +266,7 @@ func (r *fanoutRun) reportConfig() FanoutReportConfig {
 		CloseWaitS:       r.cfg.CloseWait.Seconds(),
 		AllowRemote:      r.cfg.AllowRemote,
 		Messages:         warm + measured,
+		Procs:            1,
 	}
 	if r.stats != nil {
 		c.StatsURL = r.stats.url

@@ -92,7 +92,7 @@ func (r *fanoutRun) connect(ctx context.Context, i int) {
 	c.r = bufio.NewReaderSize(c.r, subReadBuffer)
 	s := &subscriber{
 		i:       i,
-		topic:   i % r.cfg.Topics,
+		topic:   (r.first + i) % r.cfg.Topics,
 		c:       c,
 		deflate: deflate,
 		shard:   &r.shards[i%len(r.shards)],

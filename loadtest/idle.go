@@ -181,36 +181,44 @@ func Idle(ctx context.Context, cfg IdleConfig, log *slog.Logger) (*IdleReport, e
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	wsTarget, stats, err := idleEndpoints(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer stats.close()
+
+	r := newIdleRun(cfg, wsTarget, stats, log)
+	return r.run(ctx)
+}
+
+// idleEndpoints resolves and checks the WebSocket target and the stats
+// endpoint (nil stats: disabled).
+func idleEndpoints(ctx context.Context, cfg IdleConfig) (target, *statsClient, error) {
 	var prefer netip.Addr
 	if len(cfg.SourceIPs) > 0 {
 		prefer = cfg.SourceIPs[0]
 	}
 	wsTarget, err := resolveTarget(ctx, cfg.URL, []string{"ws"}, cfg.AllowRemote, prefer)
 	if err != nil {
-		return nil, err
+		return target{}, nil, err
 	}
 	for _, src := range cfg.SourceIPs {
 		if src.Unmap().Is4() != wsTarget.addr.Addr().Is4() {
-			return nil, fmt.Errorf("loadtest: idle: source address %s is not of the target's family (%s)", src, wsTarget.addr.Addr())
+			return target{}, nil, fmt.Errorf("loadtest: idle: source address %s is not of the target's family (%s)", src, wsTarget.addr.Addr())
 		}
 	}
-	var stats *statsClient
 	switch cfg.StatsURL {
 	case "-":
+		return wsTarget, nil, nil
 	case "":
 		u, _ := url.Parse(statsURLFor(wsTarget.url))
-		stats = newStatsClient(target{url: u, addr: wsTarget.addr})
-	default:
-		t, err := resolveTarget(ctx, cfg.StatsURL, []string{"http"}, cfg.AllowRemote, wsTarget.addr.Addr())
-		if err != nil {
-			return nil, err
-		}
-		stats = newStatsClient(t)
+		return wsTarget, newStatsClient(target{url: u, addr: wsTarget.addr}), nil
 	}
-	defer stats.close()
-
-	r := newIdleRun(cfg, wsTarget, stats, log)
-	return r.run(ctx)
+	t, err := resolveTarget(ctx, cfg.StatsURL, []string{"http"}, cfg.AllowRemote, wsTarget.addr.Addr())
+	if err != nil {
+		return target{}, nil, err
+	}
+	return wsTarget, newStatsClient(t), nil
 }
 
 // Phases of an idle run; closes are attributed to the phase they happen in.
@@ -231,6 +239,9 @@ type idleRun struct {
 	log     *slog.Logger
 	dialers []ws.Dialer // one per source address (or one, kernel's choice)
 	urlBase string      // cfg.URL with "?topic=" or "&topic=" appended; or cfg.URL
+	// first is the run-wide index of connection 0 when this process holds
+	// one shard of a multi-process run (topics stay i mod Topics overall).
+	first int
 
 	start     time.Time
 	phase     atomic.Int32
@@ -350,7 +361,7 @@ func (r *idleRun) connect(ctx context.Context, i int) {
 	d := &r.dialers[i%len(r.dialers)]
 	u := r.urlBase
 	if r.cfg.Topics > 0 {
-		u += url.QueryEscape(r.cfg.TopicPrefix + strconv.Itoa(i%r.cfg.Topics))
+		u += url.QueryEscape(r.cfg.TopicPrefix + strconv.Itoa((r.first+i)%r.cfg.Topics))
 	}
 	t0 := time.Now()
 	nc, br, _, err := d.Dial(ctx, u)
@@ -574,6 +585,7 @@ func (r *idleRun) reportConfig() IdleReportConfig {
 		CloseWaitS:       r.cfg.CloseWait.Seconds(),
 		SourceIPs:        []string{},
 		AllowRemote:      r.cfg.AllowRemote,
+		Procs:            1,
 	}
 	if r.stats != nil {
 		c.StatsURL = r.stats.url

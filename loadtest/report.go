@@ -101,6 +101,9 @@ type IdleReportConfig struct {
 	CloseWaitS       float64  `json:"close_wait_s"`
 	SourceIPs        []string `json:"source_ips"`
 	AllowRemote      bool     `json:"allow_remote"`
+	// Procs is how many generator processes held the connections (1: this
+	// process alone; see --procs).
+	Procs int `json:"procs"`
 }
 
 // LatencySummary is a latency distribution in milliseconds.
