@@ -136,6 +136,9 @@ func (r *stormRun) life(cl *stormClient) {
 		c, cause := r.attempt(actx, cl)
 		cancel()
 		if c == nil {
+			if cause == "timeout" && !time.Now().Before(r.stormDeadline) {
+				cause = "storm_timeout" // cut short by the end of the reconnect phase
+			}
 			cl.lastCause = cause
 			r.refused.Add(1)
 			r.mu.Lock()

@@ -51,7 +51,9 @@ type StormReport struct {
 	// client needed. Refused counts the attempts that failed, by cause:
 	// "http_<status>" (503, 429, …: the server answered the upgrade with
 	// another status), "refused" (connection refused), "timeout",
-	// "reset", "eof", "no_port", "fd_limit", "handshake", "closed_<code>"
+	// "reset", "eof", "no_port", "fd_limit", "handshake", "storm_timeout"
+	// (an attempt cut short by the end of the reconnect phase),
+	// "closed_<code>"
 	// (closed before the subscribe answer), "error_<code>" (the subscribe
 	// op was answered with another error), "canceled", "other".
 	Attempts       int64            `json:"attempts"`
@@ -262,13 +264,13 @@ func (r *stormRun) fill(rep *StormReport) {
 	}
 
 	rec := hdrhistogram.New(1, maxLatencyUS, 3)
+	var exactMax time.Duration // the histogram's max is rounded up to its precision
 	for _, cl := range r.clients {
 		if cl == nil {
 			continue
 		}
 		rep.Attempts += int64(cl.attempts)
 		rep.AttemptsMax = max(rep.AttemptsMax, int64(cl.attempts))
-		rep.Delivered += cl.delivered
 		rep.Duplicates += cl.dups
 		rep.Reordered += cl.reordered
 		rep.Foreign += cl.foreign
@@ -283,10 +285,12 @@ func (r *stormRun) fill(rep *StormReport) {
 		if back {
 			d := cl.backAt.Sub(cl.dropAt)
 			_ = rec.RecordValue(min(max(d.Microseconds(), 1), maxLatencyUS))
+			exactMax = max(exactMax, d)
 			ms := float64(d.Microseconds()) / 1000
 			cr.ReconnectMs = &ms
 			cr.Lost, cr.Missed = r.clientLoss(cl, acked[cl.topic])
 			rep.Expected += ackedCount[cl.topic]
+			rep.Delivered += cl.delivered
 			rep.Lost += cr.Lost
 			rep.Missed += cr.Missed
 			if cr.Missed > 0 {
@@ -307,6 +311,12 @@ func (r *stormRun) fill(rep *StormReport) {
 	rep.RefusedByCause = r.refusedBy
 	rep.RecoveryIncomplete = r.recoveryIncomplete.Load()
 	rep.ReconnectMs = summarize(rec)
+	if l := &rep.ReconnectMs; l.Count > 0 {
+		// HDR values are rounded up to the histogram's precision; keep
+		// the exact maximum and no percentile above it.
+		l.Max = float64(exactMax.Microseconds()) / 1000
+		l.P50, l.P90, l.P99, l.P999 = min(l.P50, l.Max), min(l.P90, l.Max), min(l.P99, l.Max), min(l.P999, l.Max)
+	}
 	l := rep.ReconnectMs
 	rep.P50, rep.P90, rep.P99, rep.P999, rep.Max = l.P50, l.P90, l.P99, l.P999, l.Max
 	if n := r.participants.Load(); n > 0 && rep.Back == n {

@@ -8,7 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -217,4 +219,145 @@ func logStormSummary(t *testing.T, rep *StormReport) {
 	var b strings.Builder
 	writeStormSummary(&b, rep)
 	t.Log("\n" + b.String())
+}
+
+func TestStormAgainstContractServerSince(t *testing.T) {
+	s := newPubsubServer(t, func(s *pubsubServer) { s.history = true })
+	base := runtime.NumGoroutine()
+	cfg := stormTestConfig(s.wsURL())
+	cfg.Conns = 60
+	cfg.Drop = dropClose
+	cfg.Reconnect = reconnectImmediate
+	rep, err := Storm(t.Context(), cfg, nil)
+	if err != nil {
+		t.Fatalf("Storm: %v", err)
+	}
+	checkStormBasics(t, rep, cfg.Conns)
+	if rep.Lost != 0 || rep.Missed != 0 || rep.Attempts != 60 || rep.Refused != 0 {
+		t.Errorf("lost %d missed %d attempts %d refused %d; want 0, 0, 60, 0", rep.Lost, rep.Missed, rep.Attempts, rep.Refused)
+	}
+	// Each client subscribed twice with the op: before and after the drop.
+	s.mu.Lock()
+	for k, n := range rep.PublishedPerTopic {
+		name := fmt.Sprintf("storm.%d", k)
+		if got := s.subsByTop[name]; got != 2*15 {
+			t.Errorf("%s: %d subscriptions, want 30", name, got)
+		}
+		if got := s.topics[name].seq; got != uint64(n) {
+			t.Errorf("%s: server seq %d, run acknowledged %d", name, got, n)
+		}
+	}
+	s.mu.Unlock()
+	checkNoLeak(t, base)
+}
+
+func TestStormContractServerIgnoringSince(t *testing.T) {
+	// The server answers the subscribe op but replays nothing: the run
+	// asked for since, so every message of a gap is lost and the verdict
+	// fails; the count must still be exact.
+	s := newPubsubServer(t, nil)
+	cfg := stormTestConfig(s.wsURL())
+	cfg.Conns = 60
+	rep, err := Storm(t.Context(), cfg, nil)
+	if err != nil {
+		t.Fatalf("Storm: %v", err)
+	}
+	checkStormBasics(t, rep, cfg.Conns)
+	var want int64
+	for _, c := range rep.PerClient {
+		if c.SeqAfter <= c.SeqBefore {
+			t.Fatalf("client %d: seq before %d, after %d", c.Client, c.SeqBefore, c.SeqAfter)
+		}
+		gap := int64(c.SeqAfter - c.SeqBefore - 1)
+		if c.Missed != gap || c.Lost != gap {
+			t.Errorf("client %d: missed %d lost %d, want %d", c.Client, c.Missed, c.Lost, gap)
+		}
+		want += gap
+	}
+	if want == 0 || rep.Missed != want || rep.Lost != want {
+		t.Errorf("missed %d lost %d, want %d", rep.Missed, rep.Lost, want)
+	}
+	var buf bytes.Buffer
+	if code := stormVerdict(rep, 0, &buf); code != exitFail || !strings.Contains(buf.String(), "with since") {
+		t.Errorf("verdict %d (%q), want 1 for loss with since", code, buf.String())
+	}
+}
+
+func TestStormRefusedByCause(t *testing.T) {
+	// The first 40 upgrades (the initial connections) pass, the next 30
+	// get 503, the next 20 get 429, then all pass again.
+	const conns, n503, n429 = 40, 30, 20
+	var seen atomic.Int64
+	s := newPubsubServer(t, func(s *pubsubServer) {
+		s.history = true
+		s.gate = func() int {
+			switch k := seen.Add(1); {
+			case k <= conns:
+				return 0
+			case k <= conns+n503:
+				return http.StatusServiceUnavailable
+			case k <= conns+n503+n429:
+				return http.StatusTooManyRequests
+			}
+			return 0
+		}
+	})
+	cfg := stormTestConfig(s.wsURL())
+	cfg.Conns = conns
+	cfg.Reconnect = reconnectImmediate
+	rep, err := Storm(t.Context(), cfg, nil)
+	if err != nil {
+		t.Fatalf("Storm: %v", err)
+	}
+	checkStormBasics(t, rep, conns)
+	if rep.Refused != n503+n429 || rep.RefusedByCause["http_503"] != n503 || rep.RefusedByCause["http_429"] != n429 || len(rep.RefusedByCause) != 2 {
+		t.Errorf("refused %d by cause %v; want 503 ×%d, 429 ×%d", rep.Refused, rep.RefusedByCause, n503, n429)
+	}
+	if rep.Attempts != conns+n503+n429 || rep.AttemptsMax < 2 {
+		t.Errorf("attempts %d (max %d), want %d", rep.Attempts, rep.AttemptsMax, conns+n503+n429)
+	}
+	if rep.Lost != 0 {
+		t.Errorf("lost %d with since", rep.Lost)
+	}
+}
+
+func TestStormNotBackBeforeTimeout(t *testing.T) {
+	// Every reconnect is refused: nobody comes back within the timeout,
+	// the loss of the absent clients is kept apart, and the verdict fails.
+	var seen atomic.Int64
+	s := newPubsubServer(t, func(s *pubsubServer) {
+		s.history = true
+		s.gate = func() int {
+			if seen.Add(1) > 20 {
+				return http.StatusServiceUnavailable
+			}
+			return 0
+		}
+	})
+	cfg := stormTestConfig(s.wsURL())
+	cfg.Conns = 20
+	cfg.StormTimeout = 600 * time.Millisecond
+	cfg.BackoffMin = 20 * time.Millisecond
+	cfg.BackoffMax = 50 * time.Millisecond
+	cfg.JitterWindow = 20 * time.Millisecond
+	rep, err := Storm(t.Context(), cfg, nil)
+	if err != nil {
+		t.Fatalf("Storm: %v", err)
+	}
+	logStormSummary(t, rep)
+	if rep.Back != 0 || rep.NotBack != 20 || rep.TimeToAllBackMs != nil || rep.FailRatio != 1 {
+		t.Errorf("back %d not back %d all-back %v fail ratio %v", rep.Back, rep.NotBack, rep.TimeToAllBackMs, rep.FailRatio)
+	}
+	// An attempt still in flight when the reconnect phase ends is cut
+	// short: "storm_timeout".
+	if rep.NotBackCause["storm_timeout"] != 20 || rep.RefusedByCause["http_503"]+rep.RefusedByCause["storm_timeout"] != rep.Refused ||
+		rep.RefusedByCause["http_503"] < 20 {
+		t.Errorf("not back by %v, refused %d by %v", rep.NotBackCause, rep.Refused, rep.RefusedByCause)
+	}
+	if rep.Lost != 0 || rep.LostNotBack == 0 || rep.Expected != 0 {
+		t.Errorf("lost %d, lost not back %d, expected %d", rep.Lost, rep.LostNotBack, rep.Expected)
+	}
+	if code := stormVerdict(rep, 0.5, io.Discard); code != exitFail {
+		t.Errorf("verdict %d, want 1", code)
+	}
 }
