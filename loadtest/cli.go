@@ -30,6 +30,8 @@ scenarios:
   idle     open many idle WebSocket connections, hold them, report their cost
   fanout   publish to topics with many subscribers; report end-to-end latency
            and exactly how many deliveries were lost, duplicated or reordered
+  storm    drop every client at once and measure the reconnect storm: time
+           until all are back, refusals by cause, messages missed (since)
 
 run "surge load <scenario> -h" for its flags.
 `
@@ -50,6 +52,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return mainIdle(args[1:], stdout, stderr)
 	case "fanout":
 		return mainFanout(args[1:], stdout, stderr)
+	case "storm":
+		return mainStorm(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, mainUsage)
 		return exitOK

@@ -13,6 +13,26 @@
 //   - Fanout (`surge load fanout`): connect subscribers, publish at a fixed
 //     rate over HTTP or WebSocket, and report end-to-end latency and exactly
 //     how many deliveries were lost, duplicated or reordered.
+//   - Storm (`surge load storm`): a reconnect storm. --conns clients connect
+//     (paced by --rate-connect), client i subscribed to <--topic-prefix><i mod
+//     --topics>; a publisher POSTs /v1/publish at --rate msg/s for the whole
+//     run (fanout's publisher and probe); after --before-drop every client
+//     drops at once (--drop abrupt: TCP close without a close frame, the
+//     default; --drop close: close frame 1000) and reconnects (--reconnect
+//     immediate, or jitter: the first attempt spread over --jitter-window,
+//     retry n after a uniform wait in [0, min(--backoff-max,
+//     --backoff-min·2^(n−1))), at most --max-attempts). With --since (the
+//     default) subscriptions use the subscribe op and a reconnecting client
+//     sends {"op":"subscribe","topic":…,"since":<last seq seen>,"epoch":…};
+//     --since=false reconnects to /ws?topic=… for live messages only. The
+//     reconnect phase ends when all are back or after --storm-timeout; then
+//     --hold, a drain (--drain) and the close. The report gives per-client
+//     reconnect time (p50/p90/p99/p99.9/max), time until all were back,
+//     attempts, failed attempts by cause (http_503, http_429, refused,
+//     timeout, …), recovery_incomplete answers, and, exactly by publish
+//     counter and seq, the messages each client missed in its gap. Exit 1
+//     when more than --max-fail-ratio (default 0) of the clients is not back,
+//     or with --since when any message was lost.
 //
 // Outputs: a few summary lines on stdout; with --out the JSON report
 // (IdleReport, FanoutReport), whose latency fields include an HDR-derived

@@ -62,6 +62,10 @@ type pubTracker struct {
 	errs       map[string]int64
 	errMsg     map[string]string // first message per cause
 	rtt        *hdrhistogram.Histogram
+	// onAck, when set before publishing starts, is called for every
+	// acknowledged message with the lock held (the storm scenario maps
+	// publish counters to seqs with it). It must not block.
+	onAck func(m pubMsg, seq uint64)
 }
 
 func newPubTracker(cfg FanoutConfig) *pubTracker {
@@ -88,6 +92,9 @@ func (t *pubTracker) ok(m pubMsg, seq uint64, rtt time.Duration) {
 		t.ackedCount[m.topic]++
 	}
 	t.lastSeq[m.topic] = max(t.lastSeq[m.topic], seq)
+	if t.onAck != nil {
+		t.onAck(m, seq)
+	}
 	t.okTotal++
 	_ = t.rtt.RecordValue(min(max(rtt.Microseconds(), 1), maxLatencyUS))
 }

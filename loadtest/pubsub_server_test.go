@@ -32,6 +32,13 @@ type pubsubServer struct {
 	// fault, when set, decides each delivery (called with the server's
 	// lock held, in publish order).
 	fault func(topic string, seq uint64, sub int) faultAction
+	// history makes the subscribe op honour since: every message with a
+	// higher seq is replayed after the answer. Without it since is
+	// ignored (the answer still carries the topic's seq).
+	history bool
+	// gate, when set, is asked before each upgrade; a non-zero status
+	// refuses it with that HTTP status.
+	gate func() int
 
 	handlers   sync.WaitGroup
 	open       atomic.Int64
@@ -54,8 +61,9 @@ const (
 )
 
 type fakeTopic struct {
-	seq  uint64
-	subs map[int]*fakeSub
+	seq    uint64
+	subs   map[int]*fakeSub
+	frames [][]byte // every delivery frame, by seq−1 (for since)
 }
 
 // fakeSub is one subscriber; out carries frames (or a close) to its writer
@@ -68,6 +76,7 @@ type fakeSub struct {
 type fakeOut struct {
 	frame []byte
 	close websocket.StatusCode // non-zero: close with this code instead
+	reply bool                 // frame is a reply, not a delivery
 }
 
 // fakeCPUPerDelivery is the fake CPU time the server "spends" per delivery.
@@ -117,6 +126,7 @@ func (s *pubsubServer) publish(topic string, data json.RawMessage) (uint64, erro
 		return 0, err
 	}
 	s.published.Add(1)
+	tp.frames = append(tp.frames, frame)
 	for _, sub := range tp.subs {
 		act := faultDeliver
 		if s.fault != nil {
@@ -140,7 +150,7 @@ func (s *pubsubServer) publish(topic string, data json.RawMessage) (uint64, erro
 func (s *pubsubServer) queue(sub *fakeSub, o fakeOut) {
 	select {
 	case sub.out <- o:
-		if o.frame != nil {
+		if o.frame != nil && !o.reply {
 			s.deliveries.Add(1)
 		}
 	default:
@@ -171,6 +181,13 @@ func (s *pubsubServer) servePublish(w http.ResponseWriter, r *http.Request) {
 func (s *pubsubServer) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.handlers.Add(1)
 	defer s.handlers.Done()
+	if s.gate != nil {
+		if status := s.gate(); status != 0 {
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "refused by the test gate", status)
+			return
+		}
+	}
 	opts := &websocket.AcceptOptions{}
 	if s.deflate {
 		opts.CompressionMode = websocket.CompressionNoContextTakeover
@@ -233,26 +250,31 @@ func (s *pubsubServer) serveWS(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			break
 		}
-		s.handleOp(ctx, c, b)
+		s.handleOp(ctx, c, b, sub, &topics) // subscribe ops add to topics, which the cleanup above reads
 	}
 	cancel()
 	<-writerDone
 }
 
-// handleOp answers a client's publish op.
-func (s *pubsubServer) handleOp(ctx context.Context, c *websocket.Conn, b []byte) {
+// handleOp answers a client's publish or subscribe op.
+func (s *pubsubServer) handleOp(ctx context.Context, c *websocket.Conn, b []byte, sub *fakeSub, topics *[]string) {
 	var req struct {
 		Op    string          `json:"op"`
 		Topic string          `json:"topic"`
 		ID    string          `json:"id"`
 		Data  json.RawMessage `json:"data"`
+		Since *uint64         `json:"since"`
 	}
 	reply := func(v any) {
 		out, _ := json.Marshal(v)
 		_ = c.Write(ctx, websocket.MessageText, out)
 	}
-	if json.Unmarshal(b, &req) != nil || req.Op != "publish" {
-		reply(map[string]string{"op": "error", "id": req.ID, "code": "bad_request", "message": "only publish is supported"})
+	if json.Unmarshal(b, &req) == nil && req.Op == "subscribe" && req.Topic != "" {
+		s.subscribeOp(sub, req.Topic, req.ID, req.Since, topics)
+		return
+	}
+	if req.Op != "publish" {
+		reply(map[string]string{"op": "error", "id": req.ID, "code": "bad_request", "message": "only publish and subscribe are supported"})
 		return
 	}
 	if !s.allowWSPublish {
@@ -265,6 +287,31 @@ func (s *pubsubServer) handleOp(ctx context.Context, c *websocket.Conn, b []byte
 		return
 	}
 	reply(map[string]any{"op": "ok", "id": req.ID, "topic": req.Topic, "seq": seq})
+}
+
+// subscribeOp subscribes sub to topic and queues, in order, the answer
+// (with the topic's seq) and, when history is on and since is given, every
+// message after since; live messages follow.
+func (s *pubsubServer) subscribeOp(sub *fakeSub, topic, id string, since *uint64, topics *[]string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tp := s.topics[topic]
+	if tp == nil {
+		tp = &fakeTopic{subs: map[int]*fakeSub{}}
+		s.topics[topic] = tp
+	}
+	ans, _ := json.Marshal(map[string]any{"op": "ok", "id": id, "topic": topic, "seq": tp.seq, "epoch": "fake-1"})
+	s.queue(sub, fakeOut{frame: ans, reply: true})
+	if since != nil && s.history {
+		for _, f := range tp.frames[min(*since, tp.seq):] {
+			s.queue(sub, fakeOut{frame: f})
+		}
+	}
+	if tp.subs[sub.id] == nil {
+		tp.subs[sub.id] = sub
+		s.subsByTop[topic]++
+		*topics = append(*topics, topic)
+	}
 }
 
 func (s *pubsubServer) subscriptions() int64 {
