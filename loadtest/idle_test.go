@@ -362,6 +362,16 @@ func checkIdleReportJSON(t *testing.T, b []byte) {
 		if _, ok := lat[k]; !ok {
 			t.Errorf("connect_latency_ms lacks %q", k)
 		}
+		if k == "count" {
+			continue
+		}
+		// The top level repeats the percentiles, as every scenario's does.
+		if top, ok := m[k]; !ok || top != lat[k] {
+			t.Errorf("top-level %q = %v, want connect_latency_ms.%s = %v", k, top, k, lat[k])
+		}
+	}
+	if d, ok := m["delivered"]; !ok || d != m["messages_received"] {
+		t.Errorf("top-level delivered = %v, want messages_received = %v", d, m["messages_received"])
 	}
 	srv, _ := m["server"].(map[string]any)
 	for _, k := range []string{"before", "after_connect", "after_hold"} {

@@ -1,6 +1,7 @@
 package loadtest
 
 import (
+	"encoding/json"
 	"math"
 	"time"
 
@@ -235,4 +236,23 @@ func distribution(h *hdrhistogram.Histogram) LatencyDistribution {
 		d.Buckets = append(d.Buckets, LatencyBucket{FromMs: ms(edge(i)), ToMs: ms(edge(i + 1)), Count: c})
 	}
 	return d
+}
+
+// MarshalJSON writes the report with the top-level fields every scenario's
+// report carries for automation: delivered (data messages received during
+// the run), lost (connections closed by the server; see Lost), and latency
+// percentiles in ms (p50, p90, p99, p999, max), which for idle are those of
+// the connect latency.
+func (r IdleReport) MarshalJSON() ([]byte, error) {
+	type plain IdleReport // drops this method
+	l := r.ConnectLatencyMs
+	return json.Marshal(struct {
+		plain
+		Delivered int64   `json:"delivered"`
+		P50       float64 `json:"p50"`
+		P90       float64 `json:"p90"`
+		P99       float64 `json:"p99"`
+		P999      float64 `json:"p999"`
+		Max       float64 `json:"max"`
+	}{plain(r), r.MessagesReceived, l.P50, l.P90, l.P99, l.P999, l.Max})
 }
