@@ -35,7 +35,7 @@
 //     or with --since when any message was lost.
 //
 // Outputs: a few summary lines on stdout; with --out the JSON report
-// (IdleReport, FanoutReport), whose latency fields include an HDR-derived
+// (IdleReport, FanoutReport, StormReport), whose latency fields include an HDR-derived
 // LatencyDistribution (percentiles and log-spaced buckets) and a timeline;
 // with --html a self-contained HTML page drawn from the same report (html.go:
 // writeHTML takes a scenario-neutral htmlReport — title, summary tables, a

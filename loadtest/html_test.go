@@ -488,3 +488,47 @@ func checkPageFile(t *testing.T, path string) map[string]string {
 	rows, _ := rowsOf(doc)
 	return rows
 }
+
+func TestStormHTMLStructure(t *testing.T) {
+	h := hdrhistogram.New(1, 60_000_000, 3)
+	for i := range 500 {
+		_ = h.RecordValue(int64(1000 + 100*i))
+	}
+	all := 51.0
+	rep := &StormReport{
+		Scenario: "storm", StartedAt: time.Now(), DurationS: 4,
+		Config: StormReportConfig{URL: "ws://127.0.0.1:1/ws", Conns: 500, Topics: 5, Rate: 100,
+			Drop: "abrupt", Reconnect: "jitter", JitterWindowS: 1, BackoffMinS: 0.1, BackoffMaxS: 5, MaxAttempts: 100, Since: true},
+		Back: 500, ReconnectMs: summarize(h), Reconnect: distribution(h), TimeToAllBackMs: &all,
+		BackTimeline: []StormBackPoint{{TMs: 0}, {TMs: 50, Back: 480}, {TMs: 100, Back: 500}},
+		Expected:     1000, Delivered: 999, Lost: 1, Missed: 1, ClientsWithMissed: 1,
+	}
+	page, doc := renderHTML(t, stormHTML(rep))
+	checkSelfContained(t, page, doc)
+	svgs := svgByID(doc)
+	for _, id := range []string{"latency-histogram", "latency-plot", "throughput-plot"} {
+		if svgs[id] == nil {
+			t.Fatalf("no svg#%s", id)
+		}
+		if strings.Contains(text(svgs[id]), "no data") {
+			t.Errorf("svg#%s says no data", id)
+		}
+	}
+	rows, bad := rowsOf(doc)
+	if rows["back"] != "500 of 500" || bad["back"] {
+		t.Errorf("back row %q (bad %v), want 500 of 500, not bad", rows["back"], bad["back"])
+	}
+	if !bad["lost"] || !bad["missed in the gap"] {
+		t.Errorf("with since, a lost message must be marked bad: lost %v, missed %v", bad["lost"], bad["missed in the gap"])
+	}
+	if rows["time until all back"] != fmtMs(all)+" ms" {
+		t.Errorf("time until all back %q", rows["time until all back"])
+	}
+
+	rep.BackTimeline, rep.Back, rep.TimeToAllBackMs = nil, 0, nil
+	rep.Reconnect = LatencyDistribution{}
+	_, doc = renderHTML(t, stormHTML(rep))
+	if !strings.Contains(text(svgByID(doc)["throughput-plot"]), "no client was dropped") {
+		t.Error("an empty back timeline does not say so")
+	}
+}

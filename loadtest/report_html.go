@@ -228,3 +228,66 @@ func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 // num renders a configuration number as briefly as it is exact.
 func num(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+
+// stormHTML lays out a storm report as an HTML page: configuration and
+// results tables, the per-client reconnect time distribution, and how many
+// clients were back over time since the drop.
+func stormHTML(rep *StormReport) htmlReport {
+	c := rep.Config
+	r := htmlReport{
+		Title:       "surge load storm",
+		Subtitle:    runLine(c.URL, rep.StartedAt, rep.DurationS, rep.Interrupted),
+		LatencyWhat: "reconnect time (drop → subscribed again)",
+		Latency:     rep.Reconnect,
+	}
+	reconnect := c.Reconnect
+	if c.Reconnect != "immediate" {
+		reconnect += fmt.Sprintf(" (window %ss, backoff %ss…%ss, at most %d attempts)",
+			num(c.JitterWindowS), num(c.BackoffMinS), num(c.BackoffMaxS), c.MaxAttempts)
+	}
+	r.Sections = append(r.Sections, htmlKVs{Title: "Configuration", Rows: []htmlKV{
+		{Key: "clients", Value: itoa(int64(c.Conns))},
+		{Key: "topics", Value: itoa(int64(c.Topics))},
+		{Key: "publish rate", Value: num(c.Rate) + " msgs/s"},
+		{Key: "drop", Value: c.Drop},
+		{Key: "reconnect", Value: reconnect},
+		{Key: "since recovery", Value: strconv.FormatBool(c.Since)},
+		{Key: "storm timeout / hold", Value: fmt.Sprintf("%ss / %ss", num(c.StormTimeoutS), num(c.HoldS))},
+		{Key: "source addresses", Value: listOr(c.SourceIPs, "kernel's choice")},
+	}})
+	allBack := "not all back"
+	if rep.TimeToAllBackMs != nil {
+		allBack = fmtMs(*rep.TimeToAllBackMs) + " ms"
+	}
+	r.Sections = append(r.Sections, htmlKVs{Title: "Reconnect", Rows: []htmlKV{
+		{Key: "back", Value: fmt.Sprintf("%d of %d", rep.Back, rep.Back+rep.NotBack), Bad: rep.NotBack > 0},
+		{Key: "not back", Value: countsLine(rep.NotBack, rep.NotBackCause), Bad: rep.NotBack > 0},
+		{Key: "time until all back", Value: allBack, Bad: rep.TimeToAllBackMs == nil},
+		{Key: "drop took", Value: fmt.Sprintf("%.1f ms", rep.DropS*1000)},
+		{Key: "attempts (max per client)", Value: fmt.Sprintf("%d (%d)", rep.Attempts, rep.AttemptsMax)},
+		{Key: "refused", Value: countsLine(rep.Refused, rep.RefusedByCause), Bad: rep.Refused > 0},
+		{Key: "recovery incomplete", Value: itoa(rep.RecoveryIncomplete), Bad: rep.RecoveryIncomplete > 0},
+	}})
+	r.Sections = append(r.Sections, htmlKVs{Title: "Messages", Rows: []htmlKV{
+		{Key: "published", Value: fmt.Sprintf("%d (%s)", rep.Published, countsLine(rep.PublishErrors, rep.PublishErrorsByCause)+" errors"), Bad: rep.PublishErrors > 0},
+		{Key: "expected", Value: itoa(rep.Expected)},
+		{Key: "delivered", Value: itoa(rep.Delivered)},
+		{Key: "lost", Value: itoa(rep.Lost), Bad: rep.Lost > 0 && c.Since},
+		{Key: "missed in the gap", Value: fmt.Sprintf("%d on %d clients", rep.Missed, rep.ClientsWithMissed), Bad: rep.Missed > 0 && c.Since},
+		{Key: "lost outside the gap", Value: itoa(rep.LostOutsideGap), Bad: rep.LostOutsideGap > 0},
+		{Key: "duplicates / reordered", Value: fmt.Sprintf("%d / %d", rep.Duplicates, rep.Reordered), Bad: rep.Duplicates+rep.Reordered > 0},
+	}})
+	r.Sections = append(r.Sections, htmlKVs{Title: "Reconnect time (ms)", Rows: latencyRows(rep.ReconnectMs)})
+
+	back := make([]htmlPoint, 0, len(rep.BackTimeline))
+	for _, p := range rep.BackTimeline {
+		back = append(back, htmlPoint{X: p.TMs / 1000, Y: float64(p.Back)})
+	}
+	r.Timelines = []htmlTimeline{{
+		ID: "throughput-plot", Title: "Clients back since the drop",
+		XLabel: "seconds since the drop", YLabel: "clients back",
+		Series: []htmlSeries{{Name: "clients back", Points: back}},
+		Empty:  "no client was dropped",
+	}}
+	return r
+}

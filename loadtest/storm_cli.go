@@ -22,6 +22,7 @@ func mainStorm(args []string, stdout, stderr io.Writer) int {
 		since        bool
 		sourceIPs    string
 		out          string
+		htmlOut      string
 		maxFailRatio float64
 		quiet        bool
 	)
@@ -54,6 +55,7 @@ func mainStorm(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&cfg.AllowRemote, "allow-remote", false, "allow a target that is not a loopback address")
 	fs.BoolVar(&cfg.PerClient, "per-client", false, "add one entry per client to the JSON report")
 	fs.StringVar(&out, "out", "", `write the JSON report to this file ("-": stdout)`)
+	fs.StringVar(&htmlOut, "html", "", "also write a self-contained HTML report (tables and plots) to this file")
 	fs.Float64Var(&maxFailRatio, "max-fail-ratio", 0, "exit 1 when more than this share of clients is not back before --storm-timeout")
 	fs.BoolVar(&quiet, "quiet", false, "no live progress lines")
 	if err := fs.Parse(args); err != nil {
@@ -127,6 +129,12 @@ func mainStorm(args []string, stdout, stderr io.Writer) int {
 	writeStormSummary(summary, rep)
 	if out != "" {
 		if werr := writeReport(out, stdout, rep); werr != nil {
+			fmt.Fprintf(stderr, "surge load storm: %v\n", werr)
+			return exitFail
+		}
+	}
+	if htmlOut != "" {
+		if werr := writeHTMLFile(htmlOut, stormHTML(rep)); werr != nil {
 			fmt.Fprintf(stderr, "surge load storm: %v\n", werr)
 			return exitFail
 		}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"slices"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
@@ -42,11 +43,16 @@ type StormReport struct {
 	// (upgrade done and, with since, the subscribe answered); in close
 	// mode it includes the close handshake. P50 … Max below repeat it.
 	ReconnectMs LatencySummary `json:"reconnect_ms"`
-	P50         float64        `json:"p50"`
-	P90         float64        `json:"p90"`
-	P99         float64        `json:"p99"`
-	P999        float64        `json:"p999"`
-	Max         float64        `json:"max"`
+	// Reconnect is the distribution of per-client reconnect times.
+	Reconnect LatencyDistribution `json:"reconnect"`
+	// BackTimeline counts the clients back so far, every 50 ms from the
+	// drop until the last came back.
+	BackTimeline []StormBackPoint `json:"back_timeline"`
+	P50          float64          `json:"p50"`
+	P90          float64          `json:"p90"`
+	P99          float64          `json:"p99"`
+	P999         float64          `json:"p999"`
+	Max          float64          `json:"max"`
 	// Attempts counts reconnect attempts; AttemptsMax is the most one
 	// client needed. Refused counts the attempts that failed, by cause:
 	// "http_<status>" (503, 429, …: the server answered the upgrade with
@@ -317,6 +323,8 @@ func (r *stormRun) fill(rep *StormReport) {
 		l.Max = float64(exactMax.Microseconds()) / 1000
 		l.P50, l.P90, l.P99, l.P999 = min(l.P50, l.Max), min(l.P90, l.Max), min(l.P99, l.Max), min(l.P999, l.Max)
 	}
+	rep.Reconnect = distribution(rec)
+	rep.BackTimeline = r.backTimeline()
 	l := rep.ReconnectMs
 	rep.P50, rep.P90, rep.P99, rep.P999, rep.Max = l.P50, l.P90, l.P99, l.P999, l.Max
 	if n := r.participants.Load(); n > 0 && rep.Back == n {
@@ -410,5 +418,44 @@ func writeStormSummary(w io.Writer, rep *StormReport) {
 	fmt.Fprintf(w, "drain %.2fs (%s); fail ratio %.4f; %.1fs total%s\n", rep.DrainS, drained, rep.FailRatio, rep.DurationS, interrupted)
 	for _, msg := range rep.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", msg)
+	}
+}
+
+// StormBackPoint is one point of StormReport.BackTimeline.
+type StormBackPoint struct {
+	TMs  float64 `json:"t_ms"` // since the drop began
+	Back int64   `json:"back"` // clients back by then
+}
+
+// backTimelineStep is the spacing of StormReport.BackTimeline.
+const backTimelineStep = 50 * time.Millisecond
+
+// backTimeline counts, every backTimelineStep from the drop, how many
+// clients were back, up to the last one back (at most 2,000 points).
+func (r *stormRun) backTimeline() []StormBackPoint {
+	if r.dropAt.IsZero() {
+		return []StormBackPoint{}
+	}
+	var backs []time.Duration
+	for _, cl := range r.clients {
+		if cl != nil && cl.isBack.Load() {
+			backs = append(backs, cl.backAt.Sub(r.dropAt))
+		}
+	}
+	slices.Sort(backs)
+	step := backTimelineStep
+	if len(backs) > 0 {
+		step = max(step, backs[len(backs)-1]/2000)
+	}
+	pts := []StormBackPoint{{TMs: 0}}
+	i := 0
+	for t := step; ; t += step {
+		for i < len(backs) && backs[i] <= t {
+			i++
+		}
+		pts = append(pts, StormBackPoint{TMs: float64(t.Microseconds()) / 1000, Back: int64(i)})
+		if i == len(backs) {
+			return pts
+		}
 	}
 }

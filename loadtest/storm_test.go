@@ -91,6 +91,22 @@ func checkStormBasics(t *testing.T, rep *StormReport, conns int) {
 	if rep.ReconnectMs.Count != int64(conns) || rep.P50 <= 0 || rep.P50 > rep.P90 || rep.P90 > rep.P99 || rep.P99 > rep.Max {
 		t.Errorf("reconnect ms = %+v", rep.ReconnectMs)
 	}
+	if tl := rep.BackTimeline; len(tl) < 2 || tl[0].Back != 0 || tl[len(tl)-1].Back != rep.Back {
+		t.Errorf("back timeline %v: want it to run from 0 to all %d back", tl, rep.Back)
+	} else {
+		for i := 1; i < len(tl); i++ {
+			if tl[i].Back < tl[i-1].Back || tl[i].TMs <= tl[i-1].TMs {
+				t.Fatalf("back timeline not increasing at %d: %v", i, tl[i-1:i+1])
+			}
+		}
+	}
+	var inBuckets int64
+	for _, b := range rep.Reconnect.Buckets {
+		inBuckets += b.Count
+	}
+	if inBuckets != int64(conns) || len(rep.Reconnect.Percentiles) == 0 {
+		t.Errorf("reconnect distribution: %d values in buckets, %d percentiles; want %d values", inBuckets, len(rep.Reconnect.Percentiles), conns)
+	}
 	if rep.Attempts < int64(conns) {
 		t.Errorf("attempts %d < clients %d", rep.Attempts, conns)
 	}
