@@ -46,7 +46,7 @@ func resolveClientLoop(s string) (string, error) {
 			return s, nil
 		}
 	}
-	return "", fmt.Errorf("%w %q (this platform: %q%s)", errClientLoop, s, ClientLoopGoroutine, map[bool]string{true: `, "` + ClientLoopEpoll + `"`}[haveEpoll])
+	return "", fmt.Errorf("%w %q (%q, or %q on Linux)", errClientLoop, s, ClientLoopGoroutine, ClientLoopEpoll)
 }
 
 // clientLoops is how many event loops serve conns connections: one per

@@ -38,7 +38,8 @@ type eventLoops struct {
 // eventLoop is one epoll instance and the goroutine that waits on it.
 type eventLoop struct {
 	epfd   int
-	wakefd int // eventfd: written by stop
+	ep     *os.File // epfd, as Go's netpoller waits for it
+	wakefd int      // eventfd: written by stop
 	done   chan struct{}
 	buf    []byte // the read buffer every connection of the loop shares
 
@@ -51,14 +52,21 @@ type eventLoop struct {
 }
 
 // newEventLoops starts n event loops.
-func newEventLoops(n int) (*eventLoops, error) {
+func newEventLoops(n int) (*eventLoops, error) { return newEventLoopsHooked(n, nil) }
+
+// newEventLoopsHooked is newEventLoops with an afterRead hook (tests).
+func newEventLoopsHooked(n int, afterRead func()) (*eventLoops, error) {
 	ls := &eventLoops{}
 	for range max(n, 1) {
 		l, err := newEventLoop()
 		if err != nil {
-			ls.stop()
+			for _, l := range ls.loops {
+				_ = l.ep.Close()
+				_ = unix.Close(l.wakefd)
+			}
 			return nil, err
 		}
+		l.afterRead = afterRead
 		ls.loops = append(ls.loops, l)
 	}
 	for _, l := range ls.loops {
@@ -83,8 +91,15 @@ func newEventLoop() (*eventLoop, error) {
 		_ = unix.Close(wakefd)
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
+	// Non-blocking, so that os.NewFile hands it to the netpoller.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		_ = unix.Close(epfd)
+		_ = unix.Close(wakefd)
+		return nil, os.NewSyscallError("fcntl O_NONBLOCK", err)
+	}
 	return &eventLoop{
 		epfd:   epfd,
+		ep:     os.NewFile(uintptr(epfd), "epoll"),
 		wakefd: wakefd,
 		done:   make(chan struct{}),
 		buf:    make([]byte, loopReadBuffer),
@@ -102,7 +117,7 @@ func (ls *eventLoops) stop() {
 	}
 	for _, l := range ls.loops {
 		<-l.done
-		_ = unix.Close(l.epfd)
+		_ = l.ep.Close()
 		_ = unix.Close(l.wakefd)
 	}
 	ls.loops = nil
@@ -182,39 +197,59 @@ func (ls *eventLoops) add(i int, c *clientConn, h loopHandler, opts *loopOpts, r
 }
 
 // run waits for readiness and reads until stop.
+//
+// The loop goroutine does not block in epoll_wait: the epoll descriptor is
+// itself registered with Go's netpoller (l.ep), and the loop parks there
+// until the epoll set has something ready, then drains it with
+// non-blocking epoll_waits. A thread blocked in a system call would lose
+// its P and have to win one back on every wake-up; parked, the goroutine
+// is woken by the scheduler's own netpoll, which also lets readiness pile
+// up into bigger batches while the CPUs are busy.
 func (l *eventLoop) run() {
 	defer close(l.done)
 	events := make([]unix.EpollEvent, 256)
 	ready := make([]*loopConn, 0, len(events))
-	for {
-		n, err := unix.EpollWait(l.epfd, events, -1)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
+	var werr error
+	stop := false
+	rc, err := l.ep.SyscallConn()
+	if err == nil {
+		err = rc.Read(func(uintptr) bool {
+			for !stop {
+				n, err := unix.EpollWait(l.epfd, events, 0)
+				switch {
+				case err == unix.EINTR:
+					continue
+				case err != nil:
+					werr = os.NewSyscallError("epoll_wait", err)
+					return true
+				case n == 0:
+					return false // park until the set has something ready
+				}
+				ready = ready[:0]
+				l.mu.Lock()
+				for _, ev := range events[:n] {
+					if int(ev.Fd) == l.wakefd {
+						stop = true
+					} else if lc := l.conns[ev.Fd]; lc != nil {
+						ready = append(ready, lc)
+					}
+				}
+				l.mu.Unlock()
+				for _, lc := range ready {
+					l.read(lc)
+				}
+				clear(ready)
 			}
-			l.closeAll(os.NewSyscallError("epoll_wait", err))
-			return
-		}
-		stop := false
-		ready = ready[:0]
-		l.mu.Lock()
-		for _, ev := range events[:n] {
-			if int(ev.Fd) == l.wakefd {
-				stop = true
-			} else if lc := l.conns[ev.Fd]; lc != nil {
-				ready = append(ready, lc)
-			}
-		}
-		l.mu.Unlock()
-		for _, lc := range ready {
-			l.read(lc)
-		}
-		clear(ready)
-		if stop {
-			l.closeAll(net.ErrClosed)
-			return
-		}
+			return true
+		})
 	}
+	if werr == nil {
+		werr = err
+	}
+	if werr == nil {
+		werr = net.ErrClosed
+	}
+	l.closeAll(werr)
 }
 
 // read does one read from lc's socket into the loop's buffer and parses
