@@ -36,6 +36,9 @@ scenarios:
 run "surge load <scenario> -h" for its flags.
 `
 
+// clientLoopUsage documents --client-loop.
+const clientLoopUsage = `how clients read their sockets: "goroutine" (one goroutine per connection) or "epoll" (one event loop per GOMAXPROCS; Linux only)`
+
 // Main runs `surge load`: args are the arguments after "load" (the scenario
 // name first). It writes the human summary to stdout and live progress,
 // logs and errors to stderr, and returns the process exit code: 0 on
@@ -94,6 +97,7 @@ func mainIdle(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&quiet, "quiet", false, "no live progress lines or bars")
 	fs.StringVar(&htmlOut, "html", "", "also write a self-contained HTML report (tables and plots) to this file")
 	fs.IntVar(&procs, "procs", 0, procsUsage)
+	fs.StringVar(&cfg.ClientLoop, "client-loop", defaultClientLoop, clientLoopUsage)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -210,6 +214,7 @@ func mainFanout(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&quiet, "quiet", false, "no live progress lines or bars")
 	fs.StringVar(&htmlOut, "html", "", "also write a self-contained HTML report (tables and plots) to this file")
 	fs.IntVar(&procs, "procs", 0, procsUsage)
+	fs.StringVar(&cfg.ClientLoop, "client-loop", defaultClientLoop, clientLoopUsage)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK

@@ -34,6 +34,27 @@
 //     when more than --max-fail-ratio (default 0) of the clients is not back,
 //     or with --since when any message was lost.
 //
+// Client loops (--client-loop, evloop.go): how fanout subscribers and idle
+// connections read their sockets. "epoll", the default on Linux
+// (evloop_linux.go): after the gobwas handshake the socket's descriptor is
+// duplicated (close-on-exec), the net.Conn closed, and the duplicate, now
+// owned by the clientConn, is registered level-triggered (EPOLLIN |
+// EPOLLRDHUP) with one of GOMAXPROCS event loops, each a goroutine in
+// epoll_wait. On readiness a loop does one read into its 64 KiB buffer and
+// parses every complete frame in it (loopConn.feed): messages that fit one
+// read are handed over in place, valid until the handler returns; only a
+// split header (≤ 14 bytes), control payload or message is kept per
+// connection, the last in a pooled buffer. Messages are timestamped when
+// the read returns and go through the same accounting as in goroutine mode
+// (deliver, serverGone / serverClosed); pings are answered, server closes
+// echoed and protocol errors failed with their status as there. Writes
+// (pongs, closes) go straight to the non-blocking socket; one that would
+// block fails the connection (the client writes a few control frames only).
+// Only the loop closes a descriptor; other goroutines end a connection with
+// clientConn.abort, a shutdown(2). "goroutine" (every platform, the
+// default elsewhere): one goroutine per connection blocking in net.Conn
+// reads. Storm clients and the ws publisher always use goroutines.
+//
 // Outputs: a few summary lines on stdout; with --out the JSON report
 // (IdleReport, FanoutReport, StormReport), whose latency fields include an HDR-derived
 // LatencyDistribution (percentiles and log-spaced buckets) and a timeline;
@@ -73,6 +94,7 @@
 // count and a deadline.
 //
 // Concurrency: Idle, Fanout and Main may be called from several goroutines
-// at once; they share no package-level state. A process started with
+// at once; they share no package-level state (each run has its own event
+// loops, started by the connect phase and stopped by the close). A process started with
 // SURGE_LOAD_SHARD set runs Main as a child (reading commands from stdin).
 package loadtest

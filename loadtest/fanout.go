@@ -96,6 +96,11 @@ type FanoutConfig struct {
 	// (see IdleConfig.SourceIPs). Empty means the kernel picks.
 	SourceIPs []netip.Addr
 
+	// ClientLoop is how the subscribers read their sockets: "goroutine"
+	// (one goroutine per connection) or "epoll" (a few event loops; Linux
+	// only). "" means "epoll" on Linux, else "goroutine".
+	ClientLoop string
+
 	// ConnectRate is how many subscribers start connecting per second. 0
 	// means 2000.
 	ConnectRate float64
@@ -241,6 +246,9 @@ func (cfg FanoutConfig) withDefaults() FanoutConfig {
 	if cfg.CloseWait <= 0 {
 		cfg.CloseWait = defaultCloseWait
 	}
+	if cfg.ClientLoop == "" {
+		cfg.ClientLoop = defaultClientLoop
+	}
 	return cfg
 }
 
@@ -282,6 +290,9 @@ func (cfg FanoutConfig) validate() error {
 		return bad("Publish %q must be %q or %q", cfg.Publish, publishHTTP, publishWS)
 	case !validTopicPrefix(cfg.TopicPrefix):
 		return bad("TopicPrefix %q: only letters, digits and . _ - : / @ are allowed", cfg.TopicPrefix)
+	}
+	if _, err := resolveClientLoop(cfg.ClientLoop); err != nil {
+		return bad("ClientLoop: %v", err)
 	}
 	if _, measured := cfg.messageCounts(); measured < 1 {
 		return bad("Rate × Duration gives no message to publish")
@@ -413,7 +424,12 @@ type fanoutRun struct {
 	anomalies                    atomic.Int64 // duplicates, reorderings, malformed (live view)
 
 	dialWG sync.WaitGroup
-	readWG sync.WaitGroup
+	readWG sync.WaitGroup // subscribers not yet ended (readers, or on loops)
+
+	// loops read the subscribers in epoll mode (nil: goroutine mode); set
+	// by connectPhase, stopped by closeAll.
+	loops    *eventLoops
+	loopOpts loopOpts
 
 	bufPool  sync.Pool // *[]byte message buffers
 	inflPool sync.Pool // *inflater
@@ -491,6 +507,7 @@ func newFanoutRun(cfg FanoutConfig, t target, stats, metrics *statsClient, log *
 		r.shards[i].cur = hdrhistogram.New(1, maxLatencyUS, 3)
 	}
 	r.bufPool.New = func() any { b := make([]byte, 0, cfg.Size+256); return &b }
+	r.loopOpts = loopOpts{pool: &r.bufPool, maxMsg: r.maxMsg}
 	r.inflPool.New = func() any { return newInflater() }
 	r.pub = newPubTracker(cfg)
 	return r, nil
@@ -555,6 +572,13 @@ func (r *fanoutRun) run(ctx context.Context) (*FanoutReport, error) {
 func (r *fanoutRun) connectPhase(ctx context.Context) {
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.ConnectPhaseMax)
 	defer cancel()
+	if r.cfg.ClientLoop == ClientLoopEpoll {
+		ls, err := newEventLoops(clientLoops(r.cfg.Subs))
+		if err != nil {
+			r.log.Warn("fanout: no event loops; one goroutine per subscriber instead", "err", err)
+		}
+		r.loops = ls
+	}
 	begin := time.Now()
 	r.mu.Lock()
 	r.firstDial = begin
@@ -685,7 +709,8 @@ func (r *fanoutRun) allDelivered() bool {
 }
 
 // closeAll starts the close handshake on every open subscriber (status
-// 1000), gives the server CloseWait to answer, then drops what is left.
+// 1000), gives the server CloseWait to answer, then drops what is left, and
+// stops the event loops.
 func (r *fanoutRun) closeAll() {
 	r.mu.Lock()
 	var open []*clientConn
@@ -695,28 +720,10 @@ func (r *fanoutRun) closeAll() {
 		}
 	}
 	r.mu.Unlock()
-	deadline := time.Now().Add(r.cfg.CloseWait)
-	for _, c := range open {
-		c.closing.Store(true)
-		_ = c.nc.SetReadDeadline(deadline)
-		_ = c.writeClose(ws.StatusNormalClosure)
+	closeConns(open, r.cfg.CloseWait, &r.readWG)
+	if r.loops != nil {
+		r.loops.stop()
 	}
-	done := make(chan struct{})
-	go func() {
-		r.readWG.Wait()
-		close(done)
-	}()
-	t := time.NewTimer(r.cfg.CloseWait + time.Second)
-	defer t.Stop()
-	select {
-	case <-done:
-		return
-	case <-t.C:
-	}
-	for _, c := range open {
-		_ = c.nc.Close()
-	}
-	<-done
 }
 
 // cpuSample is the server's and the generator's CPU time at one moment;

@@ -139,6 +139,8 @@ type FanoutReportConfig struct {
 	// Procs is how many generator processes held the subscribers (1: this
 	// process alone; see --procs). The parent process publishes.
 	Procs int `json:"procs"`
+	// ClientLoop is how the subscribers were read: "goroutine" or "epoll".
+	ClientLoop string `json:"client_loop"`
 }
 
 // SubscriberCounts describes the subscriber connections.
@@ -267,6 +269,7 @@ func (r *fanoutRun) reportConfig() FanoutReportConfig {
 		AllowRemote:      r.cfg.AllowRemote,
 		Messages:         warm + measured,
 		Procs:            1,
+		ClientLoop:       r.cfg.ClientLoop,
 	}
 	if r.stats != nil {
 		c.StatsURL = r.stats.url

@@ -21,8 +21,10 @@ import (
 // subscriber is one subscriber connection of a fanout run and what it saw.
 //
 // The counters and got are written by the connection's reader goroutine
-// only, and read by others only after the run's readWG has been waited for.
+// (or, in epoll mode, its event loop) only, and read by others only after
+// the run's readWG has been waited for.
 type subscriber struct {
+	run     *fanoutRun
 	i       int
 	topic   int
 	c       *clientConn
@@ -88,9 +90,24 @@ func (r *fanoutRun) connect(ctx context.Context, i int) {
 		r.log.Debug("fanout: connect failed", "i", i, "cause", cause, "err", err)
 		return
 	}
-	c := newClientConn(nc, br)
-	c.r = bufio.NewReaderSize(c.r, subReadBuffer)
+	var c *clientConn
+	var pending []byte
+	if r.loops != nil {
+		if c, pending, err = takeConn(nc, br); err != nil {
+			cause := failureCause(err)
+			r.failed.Add(1)
+			r.mu.Lock()
+			r.failures[cause]++
+			r.mu.Unlock()
+			r.log.Debug("fanout: cannot move the socket to an event loop", "i", i, "cause", cause, "err", err)
+			return
+		}
+	} else {
+		c = newClientConn(nc, br)
+		c.r = bufio.NewReaderSize(c.r, subReadBuffer)
+	}
 	s := &subscriber{
+		run:     r,
 		i:       i,
 		topic:   (r.first + i) % r.cfg.Topics,
 		c:       c,
@@ -107,6 +124,10 @@ func (r *fanoutRun) connect(ctx context.Context, i int) {
 	r.lastConnected = time.Now()
 	r.mu.Unlock()
 	r.readWG.Add(1)
+	if r.loops != nil {
+		r.loops.add(i, c, s, &r.loopOpts, deflate, pending)
+		return
+	}
 	go r.serve(s)
 }
 
@@ -169,6 +190,31 @@ func (r *fanoutRun) serve(s *subscriber) {
 		r.deliver(s, m, time.Now())
 		r.bufPool.Put(buf)
 	}
+}
+
+// onMessage, onPing and onEnd make s a loopHandler: in epoll mode its
+// event loop reports to it what serve handles in goroutine mode.
+
+func (s *subscriber) onMessage(m message, _ int64, now time.Time) { s.run.deliver(s, m, now) }
+
+func (s *subscriber) onPing() {}
+
+func (s *subscriber) onEnd(code ws.StatusCode, err error) {
+	r := s.run
+	switch {
+	case err != nil && s.c.closing.Load():
+		r.unclean.Add(1)
+	case err != nil:
+		r.serverGone(s, 1006)
+		r.log.Debug("fanout: subscriber lost", "i", s.i, "err", err)
+	case s.c.closing.Load():
+		r.clean.Add(1) // the server's answer to our close
+	default:
+		r.serverGone(s, code)
+	}
+	s.gone.Store(true)
+	r.open.Add(-1)
+	r.readWG.Done()
 }
 
 // serverGone records that the server ended subscriber s (code 1006: without

@@ -28,7 +28,22 @@ func fanoutTestConfig(url string) FanoutConfig {
 	}
 }
 
+// clientLoopModes are the client loops this platform has, the default
+// first.
+func clientLoopModes() []string {
+	if haveEpoll {
+		return []string{ClientLoopEpoll, ClientLoopGoroutine}
+	}
+	return []string{ClientLoopGoroutine}
+}
+
 func TestFanoutExactAgainstContractServer(t *testing.T) {
+	for _, loop := range clientLoopModes() {
+		t.Run(loop, func(t *testing.T) { testFanoutExact(t, loop) })
+	}
+}
+
+func testFanoutExact(t *testing.T, loop string) {
 	s := newPubsubServer(t, nil)
 	base := runtime.NumGoroutine()
 	var (
@@ -36,6 +51,7 @@ func TestFanoutExactAgainstContractServer(t *testing.T) {
 		phases = map[string]int{}
 	)
 	cfg := fanoutTestConfig(s.wsURL())
+	cfg.ClientLoop = loop
 	cfg.Progress = func(p FanoutProgress) {
 		pmu.Lock()
 		phases[p.Phase]++
@@ -70,6 +86,9 @@ func TestFanoutExactAgainstContractServer(t *testing.T) {
 	}
 	if rep.DeliveriesPerSec != 1250 {
 		t.Errorf("deliveries/s = %v, want 2500 / 2 s", rep.DeliveriesPerSec)
+	}
+	if rep.Config.ClientLoop != loop {
+		t.Errorf("config client loop = %q, want %q", rep.Config.ClientLoop, loop)
 	}
 	if rep.PublishLatencyMs.Count != 100 {
 		t.Errorf("publish latency count = %d, want 100", rep.PublishLatencyMs.Count)
@@ -160,21 +179,24 @@ func TestFanoutCountsFaultsExactly(t *testing.T) {
 		},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			s := newPubsubServer(t, func(s *pubsubServer) { s.fault = oneFault("fanout.0", 20, tc.fault) })
-			cfg := fanoutTestConfig(s.wsURL())
-			cfg.Drain = 500 * time.Millisecond
-			rep, err := Fanout(t.Context(), cfg, nil)
-			if err != nil {
-				t.Fatalf("Fanout: %v", err)
-			}
-			tc.check(t, rep)
-			var stderr bytes.Buffer
-			if code := fanoutVerdict(rep, 0.01, &stderr); code != exitFail {
-				t.Errorf("verdict %d, want %d", code, exitFail)
-			}
-		})
+		for _, loop := range clientLoopModes() {
+			t.Run(tc.name+"/"+loop, func(t *testing.T) {
+				t.Parallel()
+				s := newPubsubServer(t, func(s *pubsubServer) { s.fault = oneFault("fanout.0", 20, tc.fault) })
+				cfg := fanoutTestConfig(s.wsURL())
+				cfg.Drain = 500 * time.Millisecond
+				cfg.ClientLoop = loop
+				rep, err := Fanout(t.Context(), cfg, nil)
+				if err != nil {
+					t.Fatalf("Fanout: %v", err)
+				}
+				tc.check(t, rep)
+				var stderr bytes.Buffer
+				if code := fanoutVerdict(rep, 0.01, &stderr); code != exitFail {
+					t.Errorf("verdict %d, want %d", code, exitFail)
+				}
+			})
+		}
 	}
 }
 
@@ -304,16 +326,21 @@ func TestMainFanoutWritesReport(t *testing.T) {
 
 func TestFanoutDeflate(t *testing.T) {
 	t.Parallel()
-	s := newPubsubServer(t, func(s *pubsubServer) { s.deflate = true })
-	rep, err := Fanout(t.Context(), FanoutConfig{
-		URL: s.wsURL(), Subs: 20, Rate: 50, Duration: time.Second, Size: 1024, Deflate: true,
-	}, nil)
-	if err != nil {
-		t.Fatalf("Fanout: %v", err)
-	}
-	if rep.Subscribers.Deflate != 20 || rep.Delivered != 1000 || rep.Compressed != 1000 || rep.Lost != 0 || rep.Malformed != 0 {
-		t.Errorf("deflate subs %d delivered %d compressed %d lost %d malformed %d; want 20 1000 1000 0 0",
-			rep.Subscribers.Deflate, rep.Delivered, rep.Compressed, rep.Lost, rep.Malformed)
+	for _, loop := range clientLoopModes() {
+		t.Run(loop, func(t *testing.T) {
+			t.Parallel()
+			s := newPubsubServer(t, func(s *pubsubServer) { s.deflate = true })
+			rep, err := Fanout(t.Context(), FanoutConfig{
+				URL: s.wsURL(), Subs: 20, Rate: 50, Duration: time.Second, Size: 1024, Deflate: true, ClientLoop: loop,
+			}, nil)
+			if err != nil {
+				t.Fatalf("Fanout: %v", err)
+			}
+			if rep.Subscribers.Deflate != 20 || rep.Delivered != 1000 || rep.Compressed != 1000 || rep.Lost != 0 || rep.Malformed != 0 {
+				t.Errorf("deflate subs %d delivered %d compressed %d lost %d malformed %d; want 20 1000 1000 0 0",
+					rep.Subscribers.Deflate, rep.Delivered, rep.Compressed, rep.Lost, rep.Malformed)
+			}
+		})
 	}
 }
 

@@ -58,6 +58,11 @@ type IdleConfig struct {
 	// kernel picks. They must be of the target's address family.
 	SourceIPs []netip.Addr
 
+	// ClientLoop is how the connections are read: "goroutine" (one
+	// goroutine per connection) or "epoll" (a few event loops; Linux
+	// only). "" means "epoll" on Linux, else "goroutine".
+	ClientLoop string
+
 	// ConnectTimeout bounds one connection's TCP connect plus WebSocket
 	// upgrade. 0 means 10s.
 	ConnectTimeout time.Duration
@@ -146,6 +151,9 @@ func (cfg IdleConfig) withDefaults() IdleConfig {
 	if cfg.CloseWait <= 0 {
 		cfg.CloseWait = defaultCloseWait
 	}
+	if cfg.ClientLoop == "" {
+		cfg.ClientLoop = defaultClientLoop
+	}
 	return cfg
 }
 
@@ -157,6 +165,9 @@ func (cfg IdleConfig) validate() error {
 		return fmt.Errorf("loadtest: idle: Conns %d is negative", cfg.Conns)
 	case cfg.Rate < 0 || math.IsNaN(cfg.Rate) || math.IsInf(cfg.Rate, 0):
 		return fmt.Errorf("loadtest: idle: Rate %v must be a positive number", cfg.Rate)
+	}
+	if _, err := resolveClientLoop(cfg.ClientLoop); err != nil {
+		return fmt.Errorf("loadtest: idle: ClientLoop: %w", err)
 	}
 	if limit, ok := openFileLimit(); ok && uint64(cfg.Conns)+fdReserve > limit {
 		return fmt.Errorf("loadtest: idle: %d connections need more than the %d open files this process may hold; split the load over several processes",
@@ -253,7 +264,14 @@ type idleRun struct {
 	clean, unclean               atomic.Int64
 
 	dialWG sync.WaitGroup // dials under way
-	readWG sync.WaitGroup // reader goroutines
+	readWG sync.WaitGroup // connections not yet ended (readers, or on loops)
+
+	// loops read the connections in epoll mode (nil: goroutine mode); set
+	// by connectPhase, stopped by closeAll.
+	loops *eventLoops
+	// loopOpts: idle connections count data frames and skip them, as
+	// readFrame does.
+	loopOpts loopOpts
 
 	mu            sync.Mutex // guards the fields below
 	hist          *hdrhistogram.Histogram
@@ -274,6 +292,7 @@ func newIdleRun(cfg IdleConfig, t target, stats *statsClient, log *slog.Logger) 
 		failures: map[string]int64{},
 		closes:   [2]map[string]int64{{}, {}},
 		conns:    make([]*clientConn, cfg.Conns),
+		loopOpts: loopOpts{discard: true},
 	}
 	maxUS := (cfg.ConnectTimeout + cfg.ConnectPhaseMax).Microseconds() + 1
 	r.hist = hdrhistogram.New(1, max(maxUS, 60_000_000), 3)
@@ -344,6 +363,13 @@ func (r *idleRun) run(ctx context.Context) (*IdleReport, error) {
 func (r *idleRun) connectPhase(ctx context.Context) {
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.ConnectPhaseMax)
 	defer cancel()
+	if r.cfg.ClientLoop == ClientLoopEpoll {
+		ls, err := newEventLoops(clientLoops(r.cfg.Conns))
+		if err != nil {
+			r.log.Warn("idle: no event loops; one goroutine per connection instead", "err", err)
+		}
+		r.loops = ls
+	}
 	begin := time.Now()
 	r.mu.Lock()
 	r.firstDial = begin
@@ -376,7 +402,22 @@ func (r *idleRun) connect(ctx context.Context, i int) {
 		r.dialWG.Done()
 		return
 	}
-	c := newClientConn(nc, br)
+	var c *clientConn
+	var pending []byte
+	if r.loops != nil {
+		if c, pending, err = takeConn(nc, br); err != nil {
+			cause := failureCause(err)
+			r.failed.Add(1)
+			r.mu.Lock()
+			r.failures[cause]++
+			r.mu.Unlock()
+			r.log.Debug("idle: cannot move the socket to an event loop", "i", i, "cause", cause, "err", err)
+			r.dialWG.Done()
+			return
+		}
+	} else {
+		c = newClientConn(nc, br)
+	}
 	r.connected.Add(1)
 	r.open.Add(1)
 	r.mu.Lock()
@@ -384,11 +425,52 @@ func (r *idleRun) connect(ctx context.Context, i int) {
 	r.conns[i] = c
 	r.lastConnected = time.Now()
 	r.mu.Unlock()
+	r.readWG.Add(1)
+	if r.loops != nil {
+		r.loops.add(i, c, &idleConn{r: r, i: i, c: c}, &r.loopOpts, false, pending)
+		r.dialWG.Done()
+		return
+	}
 	// The reader runs on a fresh goroutine: the dial grew this goroutine's
 	// stack, and a reader that only ever blocks in Read fits a small one.
-	r.readWG.Add(1)
 	go r.serve(i, c)
 	r.dialWG.Done()
+}
+
+// idleConn is connection i of an idle run on an event loop (loopHandler):
+// it does what serve does in goroutine mode.
+type idleConn struct {
+	r *idleRun
+	i int
+	c *clientConn
+}
+
+func (ic *idleConn) onMessage(_ message, n int64, _ time.Time) {
+	ic.r.msgs.Add(1)
+	ic.r.msgBytes.Add(n)
+}
+
+func (ic *idleConn) onPing() { ic.r.pings.Add(1) }
+
+func (ic *idleConn) onEnd(code ws.StatusCode, err error) {
+	r := ic.r
+	switch {
+	case err != nil && ic.c.closing.Load():
+		r.unclean.Add(1)
+	case err != nil:
+		r.serverClosed(1006)
+		r.log.Debug("idle: connection lost", "i", ic.i, "err", err)
+	case ic.c.closing.Load():
+		// The server's answer to our close (RFC 6455 §5.5.1).
+		r.clean.Add(1)
+	default:
+		r.serverClosed(code)
+	}
+	r.open.Add(-1)
+	r.mu.Lock()
+	r.conns[ic.i] = nil
+	r.mu.Unlock()
+	r.readWG.Done()
 }
 
 // serve reads connection i until it ends.
@@ -469,7 +551,8 @@ func (r *idleRun) settledStats(ctx context.Context, open int64) *ServerStats {
 }
 
 // closeAll starts the close handshake on every open connection (status
-// 1000), gives the server CloseWait to answer, then drops what is left.
+// 1000), gives the server CloseWait to answer, then drops what is left, and
+// stops the event loops.
 func (r *idleRun) closeAll() {
 	r.mu.Lock()
 	open := make([]*clientConn, 0, r.open.Load())
@@ -479,35 +562,64 @@ func (r *idleRun) closeAll() {
 		}
 	}
 	r.mu.Unlock()
+	closeConns(open, r.cfg.CloseWait, &r.readWG)
+	if r.loops != nil {
+		r.loops.stop()
+	}
+}
 
-	deadline := time.Now().Add(r.cfg.CloseWait)
+// closeConns starts the close handshake on every connection in open
+// (status 1000) and waits until readers (one count per connection not yet
+// ended) is done. A goroutine-mode reader gives up CloseWait after the
+// close frame (its read deadline) and counts the connection unclean; an
+// event-loop connection is shut down at that time, with the same effect.
+// A second later whatever is left is closed.
+func closeConns(open []*clientConn, closeWait time.Duration, readers *sync.WaitGroup) {
+	deadline := time.Now().Add(closeWait)
+	loopConns := false
 	for _, c := range open {
 		c.closing.Store(true)
-		// The read deadline bounds the wait for the server's answer; the
-		// reader then exits by itself.
-		_ = c.nc.SetReadDeadline(deadline)
+		if c.nc != nil {
+			// The read deadline bounds the wait for the server's answer;
+			// the reader then exits by itself.
+			_ = c.nc.SetReadDeadline(deadline)
+		} else {
+			loopConns = true
+		}
 		_ = c.writeClose(ws.StatusNormalClosure)
 	}
 	done := make(chan struct{})
 	go func() {
-		r.readWG.Wait()
+		readers.Wait()
 		close(done)
 	}()
-	t := time.NewTimer(r.cfg.CloseWait + time.Second)
-	defer t.Stop()
-	select {
-	case <-done:
-		return
-	case <-t.C:
-	}
-	// A reader still blocked past its deadline: force it out.
-	r.mu.Lock()
-	for _, c := range r.conns {
-		if c != nil {
-			_ = c.nc.Close()
+	wait := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-done:
+			return true
+		case <-t.C:
+			return false
 		}
 	}
-	r.mu.Unlock()
+	if loopConns {
+		if wait(time.Until(deadline)) {
+			return
+		}
+		for _, c := range open {
+			if c.nc == nil {
+				c.abort()
+			}
+		}
+	}
+	if wait(time.Until(deadline.Add(time.Second))) {
+		return
+	}
+	// A reader still blocked past its deadline: force it out.
+	for _, c := range open {
+		c.abort()
+	}
 	<-done
 }
 
@@ -586,6 +698,7 @@ func (r *idleRun) reportConfig() IdleReportConfig {
 		SourceIPs:        []string{},
 		AllowRemote:      r.cfg.AllowRemote,
 		Procs:            1,
+		ClientLoop:       r.cfg.ClientLoop,
 	}
 	if r.stats != nil {
 		c.StatsURL = r.stats.url

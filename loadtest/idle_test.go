@@ -16,6 +16,12 @@ import (
 )
 
 func TestIdleAgainstContractServer(t *testing.T) {
+	for _, loop := range clientLoopModes() {
+		t.Run(loop, func(t *testing.T) { testIdleAgainstContractServer(t, loop) })
+	}
+}
+
+func testIdleAgainstContractServer(t *testing.T, loop string) {
 	const (
 		conns  = 200
 		topics = 10
@@ -28,11 +34,12 @@ func TestIdleAgainstContractServer(t *testing.T) {
 		phases = map[string]int{}
 	)
 	cfg := IdleConfig{
-		URL:    s.wsURL(),
-		Conns:  conns,
-		Rate:   2000,
-		Topics: topics,
-		Hold:   3 * time.Second,
+		URL:        s.wsURL(),
+		Conns:      conns,
+		Rate:       2000,
+		Topics:     topics,
+		Hold:       3 * time.Second,
+		ClientLoop: loop,
 		Progress: func(p IdleProgress) {
 			pmu.Lock()
 			phases[p.Phase]++

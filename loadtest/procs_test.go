@@ -127,13 +127,16 @@ func TestProcsIdleAgainstEngine(t *testing.T) {
 	code := Main([]string{
 		"idle", "--url", "ws://" + e.Addr() + "/ws", "--conns", "90", "--rate", "900",
 		"--topics", "4", "--hold", "200ms", "--procs", "3", "--out", out,
+		// Goroutine mode, passed on to the children: their 90 readers show
+		// in the summed generator goroutines.
+		"--client-loop", "goroutine",
 	}, &stdout, &stderr)
 	if code != exitOK {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
 	}
 	rep := readJSON[IdleReport](t, out)
-	if rep.Config.Procs != 3 || rep.Config.Conns != 90 {
-		t.Errorf("config procs %d conns %d, want 3 and 90", rep.Config.Procs, rep.Config.Conns)
+	if rep.Config.Procs != 3 || rep.Config.Conns != 90 || rep.Config.ClientLoop != ClientLoopGoroutine {
+		t.Errorf("config procs %d conns %d client loop %q, want 3, 90, goroutine", rep.Config.Procs, rep.Config.Conns, rep.Config.ClientLoop)
 	}
 	if rep.Attempted != 90 || rep.Connected != 90 || rep.Failed != 0 || rep.NotAttempted != 0 || rep.Lost != 0 {
 		t.Errorf("attempted %d connected %d failed %d not attempted %d lost %d; want 90 90 0 0 0",

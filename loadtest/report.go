@@ -105,6 +105,8 @@ type IdleReportConfig struct {
 	// Procs is how many generator processes held the connections (1: this
 	// process alone; see --procs).
 	Procs int `json:"procs"`
+	// ClientLoop is how the connections were read: "goroutine" or "epoll".
+	ClientLoop string `json:"client_loop"`
 }
 
 // LatencySummary is a latency distribution in milliseconds.

@@ -26,16 +26,25 @@ var errControlTooLong = errors.New("loadtest: control frame payload over 125 byt
 
 // clientConn is one client WebSocket connection held by a scenario.
 //
-// Exactly one goroutine, the reader, calls readFrame; any goroutine may call
-// writeControl (writes are serialised by wmu). The connection keeps only a
-// 128-byte buffer of its own: frames are read straight from the socket.
+// In goroutine mode exactly one goroutine, the reader, calls readFrame; any
+// goroutine may call writeControl (writes are serialised by wmu). The
+// connection keeps only a 128-byte buffer of its own: frames are read
+// straight from the socket.
+//
+// In event-loop mode (newFdConn) nc is nil and the connection owns the
+// socket descriptor fd instead: its loop reads it, and writes go straight
+// to it, non-blocking.
 type clientConn struct {
 	nc net.Conn
 	// r is nc, or nc behind the few bytes the handshake read past the 101
 	// response.
 	r io.Reader
 
-	wmu sync.Mutex // serialises frame writes on nc
+	wmu sync.Mutex // serialises frame writes on nc or fd
+	// fd is the socket in event-loop mode; -1 once closed, and always in
+	// goroutine mode. Changed (by the loop, which alone closes it) only
+	// with wmu held; others read it only with wmu held.
+	fd int
 
 	// closing is set once the generator has sent its own close frame; from
 	// then on a close frame from the server is the handshake's answer, and a
@@ -51,7 +60,7 @@ type clientConn struct {
 // the 101 response); its buffered bytes are copied and the pooled reader is
 // returned at once, so no 4 KiB buffer stays with the connection.
 func newClientConn(nc net.Conn, br *bufio.Reader) *clientConn {
-	c := &clientConn{nc: nc, r: nc}
+	c := &clientConn{nc: nc, r: nc, fd: -1}
 	if br != nil {
 		pending := make([]byte, br.Buffered())
 		n, _ := io.ReadFull(br, pending)
@@ -76,6 +85,9 @@ func (c *clientConn) writeControl(op ws.OpCode, payload []byte) error {
 	ws.Cipher(b[6:6+n], mask, 0)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if c.nc == nil {
+		return writeFd(c.fd, b[:6+n])
+	}
 	if err := c.nc.SetWriteDeadline(time.Now().Add(controlWriteTimeout)); err != nil {
 		return err
 	}
@@ -271,12 +283,31 @@ func (c *clientConn) writeText(p []byte, timeout time.Duration) error {
 	ws.Cipher(p, mask, 0)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if c.nc == nil {
+		return writeFd(c.fd, hw.Bytes(), p)
+	}
 	if err := c.nc.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
 		return err
 	}
 	bufs := net.Buffers{hw.Bytes(), p}
 	_, err := bufs.WriteTo(c.nc)
 	return err
+}
+
+// abort ends the connection without a close handshake, from any goroutine:
+// the reader then sees EOF or an error. In event-loop mode the socket is
+// shut down, not closed, so that its loop, which owns the descriptor,
+// closes it.
+func (c *clientConn) abort() {
+	if c.nc != nil {
+		_ = c.nc.Close()
+		return
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.fd >= 0 {
+		_ = shutdownFd(c.fd)
+	}
 }
 
 // newDialers returns one WebSocket dialer per source address (or one that
