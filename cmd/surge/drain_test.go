@@ -191,7 +191,9 @@ func TestDrainOnSIGTERM(t *testing.T) {
 	spread := last.Sub(first)
 	t.Logf("drain: %d clients closed over %v (window %v), first after %v, %d distinct hints, exit after %v",
 		n, spread, window, first.Sub(start), len(hints), time.Since(start))
-	if spread < window/2 || spread > window+time.Second {
+	// The upper bound leaves room for clients that read their close late on
+	// a loaded machine (the -race build of 2,000 readers on two cores).
+	if spread < window/2 || spread > window+2*time.Second {
 		t.Fatalf("closes spread over %v, want about the %v window", spread, window)
 	}
 	if len(hints) < n/4 {
