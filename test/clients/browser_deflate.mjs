@@ -10,6 +10,7 @@
 // stderr and exits 1. Every wait is bounded; a watchdog ends the process
 // regardless. The browser is always closed and its temporary profile removed.
 // Never downloads a browser: it uses /usr/bin/chromium (or $CHROMIUM_PATH).
+// Launching, the watchdog and cleanup are in browser.mjs.
 //
 // Scenario:
 //   a. launch Chromium (persistent context on a fresh temp dir), open a page served
@@ -23,79 +24,22 @@
 //   e. GET /v1/stats: deflated_sent rose by exactly 1 (the large message only)
 //   f. close 1000 "bye" from the page -> close event code 1000, wasClean
 
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createRequire } from 'node:module';
 import { isDeepStrictEqual } from 'node:util';
+import { browserRun, playwrightVersion } from './browser.mjs';
 
-const require = createRequire(import.meta.url);
-
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const STEP_TIMEOUT_MS = 10_000; // every single wait
-const LAUNCH_TIMEOUT_MS = 15_000;
-const CLOSE_TIMEOUT_MS = 5_000; // closing the browser during cleanup
 const WATCHDOG_MS = 25_000; // whole scenario
-const CLEANUP_BUDGET_MS = 10_000; // cleanup after a failure (engine/outside_test.go allows 60 s in all)
 const TOPIC = 'outside.browser';
 const LARGE_MIN_BYTES = 4096;
 const DEFLATE_THRESHOLD = 512; // Surge's default engine.Config.DeflateThreshold
 
-let launching = null; // promise of the BrowserContext while/after launching
-let userDataDir = null;
-let cleaning = null;
-
-function bounded(promise, ms) {
-  let timer;
-  return Promise.race([
-    Promise.resolve(promise).catch(() => {}),
-    new Promise((resolve) => { timer = setTimeout(resolve, ms); }),
-  ]).finally(() => clearTimeout(timer));
-}
-
-// cleanup closes the browser (bounded) and removes the temporary profile. Safe to call twice.
-function cleanup() {
-  if (!cleaning) {
-    cleaning = (async () => {
-      if (launching) {
-        // Also covers a launch still in progress: wait for it, then close (bounded).
-        const l = launching;
-        launching = null;
-        await bounded(l.then((ctx) => ctx.close()), LAUNCH_TIMEOUT_MS + CLOSE_TIMEOUT_MS);
-      }
-      if (userDataDir) {
-        try {
-          rmSync(userDataDir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
-        } catch (err) {
-          process.stderr.write(`browser_deflate: warning: could not remove ${userDataDir}: ${err.message}\n`);
-        }
-        userDataDir = null;
-      }
-    })();
-  }
-  return cleaning;
-}
-
-// fail cleans up and exits 1. playwright-core kills any browser it launched when
-// the process exits, so process.exit never leaves Chromium behind.
-let failed = false;
-async function fail(msg) {
-  if (failed) return; // the first failure is the one that matters; cleanup is under way
-  failed = true;
-  process.stderr.write(`browser_deflate: FAIL: ${msg}\n`);
-  await bounded(cleanup(), CLEANUP_BUDGET_MS);
-  process.exit(1);
-}
-
-const watchdog = setTimeout(() => fail(`watchdog: scenario did not finish within ${WATCHDOG_MS} ms`), WATCHDOG_MS);
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.on(sig, () => fail(`received ${sig}`));
-}
-
-// Loaded after the handlers above are in place, so a signal during the (slow) import
-// is handled too.
-const { chromium } = await import('playwright-core');
-const PW_VERSION = require('playwright-core/package.json').version;
+const { launch, fail, finish } = browserRun('browser_deflate', {
+  launchTimeoutMs: 15_000,
+  closeTimeoutMs: 5_000,
+  watchdogMs: WATCHDOG_MS,
+  watchdogMessage: `watchdog: scenario did not finish within ${WATCHDOG_MS} ms`,
+  cleanupBudgetMs: 10_000, // engine/outside_test.go allows 60 s in all
+});
 
 const base = process.argv[2];
 if (!base || !/^wss?:\/\/[^/]+$/.test(base.replace(/\/$/, ''))) {
@@ -205,28 +149,9 @@ function checkDelivery(ev, seq, data, what) {
 
 async function scenario() {
   const t0 = Date.now();
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found (apt-get install -y --no-install-recommends chromium)`);
 
   // (a) launch
-  userDataDir = mkdtempSync(join(tmpdir(), 'surge-chromium-'));
-  launching = chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: LAUNCH_TIMEOUT_MS,
-    handleSIGINT: false, // our handlers clean up; playwright still kills Chromium on exit
-    handleSIGTERM: false,
-    handleSIGHUP: false,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
-  const context = await launching;
+  const context = await launch();
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   const browserVersion = context.browser()?.version() ?? '';
   const page = context.pages()[0] ?? (await context.newPage());
@@ -329,23 +254,12 @@ async function scenario() {
   };
 }
 
-try {
-  const t0 = Date.now();
-  const run = await scenario();
-  await cleanup();
-  clearTimeout(watchdog);
-  process.stdout.write(
-    JSON.stringify({
-      client: 'chromium-playwright',
-      version: `chromium ${run.browser} / playwright-core ${PW_VERSION}`,
-      node: process.version,
-      ok: true,
-      seq: run.seq,
-      total_ms: Date.now() - t0,
-      runs: [run],
-    }) + '\n',
-  );
-  process.exit(0);
-} catch (err) {
-  await fail(err && err.message ? err.message : String(err));
-}
+await finish(scenario, (run, totalMs) => ({
+  client: 'chromium-playwright',
+  version: `chromium ${run.browser} / playwright-core ${playwrightVersion()}`,
+  node: process.version,
+  ok: true,
+  seq: run.seq,
+  total_ms: totalMs,
+  runs: [run],
+}));

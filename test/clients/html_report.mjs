@@ -12,72 +12,21 @@
 // every check passed; on failure prints a message on stderr and exits 1.
 // Every wait is bounded; a watchdog ends the process regardless. The browser
 // is always closed and its temporary profile removed. Never downloads a
-// browser: it uses /usr/bin/chromium (or $CHROMIUM_PATH).
+// browser: it uses /usr/bin/chromium (or $CHROMIUM_PATH). Launching, the
+// watchdog and cleanup are in browser.mjs.
 
-import { mkdtempSync, rmSync, existsSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createRequire } from 'node:module';
+import { statSync } from 'node:fs';
+import { browserRun, playwrightVersion } from './browser.mjs';
 
-const require = createRequire(import.meta.url);
-
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const STEP_TIMEOUT_MS = 10_000;
-const LAUNCH_TIMEOUT_MS = 15_000;
-const CLOSE_TIMEOUT_MS = 5_000;
-const WATCHDOG_MS = 45_000;
-const CLEANUP_BUDGET_MS = 10_000;
 const VIEWPORT = { width: 1280, height: 900 };
 
-let launching = null;
-let userDataDir = null;
-let cleaning = null;
-
-function bounded(promise, ms) {
-  let timer;
-  return Promise.race([
-    Promise.resolve(promise).catch(() => {}),
-    new Promise((resolve) => { timer = setTimeout(resolve, ms); }),
-  ]).finally(() => clearTimeout(timer));
-}
-
-function cleanup() {
-  if (!cleaning) {
-    cleaning = (async () => {
-      if (launching) {
-        const l = launching;
-        launching = null;
-        await bounded(l.then((ctx) => ctx.close()), LAUNCH_TIMEOUT_MS + CLOSE_TIMEOUT_MS);
-      }
-      if (userDataDir) {
-        try {
-          rmSync(userDataDir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
-        } catch (err) {
-          process.stderr.write(`html_report: warning: could not remove ${userDataDir}: ${err.message}\n`);
-        }
-        userDataDir = null;
-      }
-    })();
-  }
-  return cleaning;
-}
-
-let failed = false;
-async function fail(msg) {
-  if (failed) return;
-  failed = true;
-  process.stderr.write(`html_report: FAIL: ${msg}\n`);
-  await bounded(cleanup(), CLEANUP_BUDGET_MS);
-  process.exit(1);
-}
-
-const watchdog = setTimeout(() => fail(`watchdog: did not finish within ${WATCHDOG_MS} ms`), WATCHDOG_MS);
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.on(sig, () => fail(`received ${sig}`));
-}
-
-const { chromium } = await import('playwright-core');
-const PW_VERSION = require('playwright-core/package.json').version;
+const { launch, fail, finish } = browserRun('html_report', {
+  launchTimeoutMs: 15_000,
+  closeTimeoutMs: 5_000,
+  watchdogMs: 45_000,
+  cleanupBudgetMs: 10_000,
+});
 
 const args = process.argv.slice(2);
 let required = [];
@@ -145,27 +94,7 @@ async function checkPage(context, { url, png }) {
 }
 
 async function run() {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found (apt-get install -y --no-install-recommends chromium)`);
-  userDataDir = mkdtempSync(join(tmpdir(), 'surge-chromium-'));
-  launching = chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: LAUNCH_TIMEOUT_MS,
-    viewport: VIEWPORT,
-    handleSIGINT: false,
-    handleSIGTERM: false,
-    handleSIGHUP: false,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
-  const context = await launching;
+  const context = await launch({ viewport: VIEWPORT });
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   const browser = context.browser()?.version() ?? '';
   const results = [];
@@ -173,22 +102,11 @@ async function run() {
   return { browser, results };
 }
 
-try {
-  const t0 = Date.now();
-  const { browser, results } = await run();
-  await cleanup();
-  clearTimeout(watchdog);
-  process.stdout.write(
-    JSON.stringify({
-      client: 'chromium-playwright',
-      version: `chromium ${browser} / playwright-core ${PW_VERSION}`,
-      node: process.version,
-      ok: true,
-      total_ms: Date.now() - t0,
-      pages: results,
-    }) + '\n',
-  );
-  process.exit(0);
-} catch (err) {
-  await fail(err && err.message ? err.message : String(err));
-}
+await finish(run, ({ browser, results }, totalMs) => ({
+  client: 'chromium-playwright',
+  version: `chromium ${browser} / playwright-core ${playwrightVersion()}`,
+  node: process.version,
+  ok: true,
+  total_ms: totalMs,
+  pages: results,
+}));

@@ -14,7 +14,8 @@
 // line back on stdin. The last stdout line is the result (JSON); on failure a
 // message goes to stderr and the exit status is 1. Every wait is bounded; a
 // watchdog ends the process regardless. The browser is always closed and its
-// temporary profile removed. Never downloads a browser.
+// temporary profile removed. Never downloads a browser. Launching, the
+// watchdog and cleanup are in browser.mjs.
 //
 // Scenario:
 //   a. launch Chromium (persistent context on a fresh profile dir), open
@@ -39,76 +40,28 @@
 //   f. the panel's Close button closes the socket with 1000
 //   g. no page errors and no console errors during the whole run
 
-import { mkdtempSync, rmSync, existsSync, mkdirSync, statSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
 import { isDeepStrictEqual } from 'node:util';
-
-const require = createRequire(import.meta.url);
+import { browserRun, playwrightVersion } from './browser.mjs';
 
 const NAME = 'status_page';
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const STEP_TIMEOUT_MS = 15_000; // every single wait in the page
 const ASK_TIMEOUT_MS = 30_000; // one request to the Go test
-const LAUNCH_TIMEOUT_MS = 15_000;
-const CLOSE_TIMEOUT_MS = 5_000;
 const WATCHDOG_MS = 100_000; // whole scenario (engine/outside_test.go allows 140 s)
-const CLEANUP_BUDGET_MS = 10_000;
 const VIEWPORT = { width: 1280, height: 860 };
 const NARROW = { width: 400, height: 860 };
 const TRY_TOPIC = 'status.try';
 
-let launching = null;
-let userDataDir = null;
-let cleaning = null;
-
-function bounded(promise, ms) {
-  let timer;
-  return Promise.race([
-    Promise.resolve(promise).catch(() => {}),
-    new Promise((res) => { timer = setTimeout(res, ms); }),
-  ]).finally(() => clearTimeout(timer));
-}
-
-function cleanup() {
-  if (!cleaning) {
-    cleaning = (async () => {
-      if (launching) {
-        const l = launching;
-        launching = null;
-        await bounded(l.then((ctx) => ctx.close()), LAUNCH_TIMEOUT_MS + CLOSE_TIMEOUT_MS);
-      }
-      if (userDataDir) {
-        try {
-          rmSync(userDataDir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
-        } catch (err) {
-          process.stderr.write(`${NAME}: warning: could not remove ${userDataDir}: ${err.message}\n`);
-        }
-        userDataDir = null;
-      }
-    })();
-  }
-  return cleaning;
-}
-
-let failed = false;
-async function fail(msg) {
-  if (failed) return;
-  failed = true;
-  process.stderr.write(`${NAME}: FAIL: ${msg}\n`);
-  await bounded(cleanup(), CLEANUP_BUDGET_MS);
-  process.exit(1);
-}
-
-const watchdog = setTimeout(() => fail(`watchdog: scenario did not finish within ${WATCHDOG_MS} ms`), WATCHDOG_MS);
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.on(sig, () => fail(`received ${sig}`));
-}
-
-const { chromium } = await import('playwright-core');
-const PW_VERSION = require('playwright-core/package.json').version;
+const { launch, fail, finish } = browserRun(NAME, {
+  launchTimeoutMs: 15_000,
+  closeTimeoutMs: 5_000,
+  watchdogMs: WATCHDOG_MS,
+  watchdogMessage: `watchdog: scenario did not finish within ${WATCHDOG_MS} ms`,
+  cleanupBudgetMs: 10_000,
+});
 
 const base = process.argv[2];
 if (!base || !/^wss?:\/\/[^/]+$/.test(base.replace(/\/$/, ''))) {
@@ -291,31 +244,9 @@ async function shoot(page, dir, name) {
 
 async function scenario() {
   const t0 = Date.now();
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found (apt-get install -y --no-install-recommends chromium)`);
-  const shots = screenshotDir();
-
   // (a) launch and open the status page
-  userDataDir = mkdtempSync(join(tmpdir(), 'surge-chromium-'));
-  launching = chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: LAUNCH_TIMEOUT_MS,
-    viewport: VIEWPORT,
-    handleSIGINT: false,
-    handleSIGTERM: false,
-    handleSIGHUP: false,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
-  const context = await launching;
+  const context = await launch({ viewport: VIEWPORT, args: ['--headless'] });
+  const shots = screenshotDir();
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   const browserVersion = context.browser()?.version() ?? '';
   const page = context.pages()[0] ?? (await context.newPage());
@@ -500,24 +431,13 @@ function figureEq(text, n) {
   return parseFigure(text) === n;
 }
 
-try {
-  const t0 = Date.now();
-  const { run, screenshots } = await scenario();
-  await cleanup();
-  clearTimeout(watchdog);
-  process.stdout.write(
-    JSON.stringify({
-      client: 'chromium-playwright-status-page',
-      version: `chromium ${run.browser} / playwright-core ${PW_VERSION}`,
-      node: process.version,
-      ok: true,
-      seq: run.seq,
-      total_ms: Date.now() - t0,
-      screenshots,
-      runs: [run],
-    }) + '\n',
-  );
-  process.exit(0);
-} catch (err) {
-  await fail(err && err.message ? err.message : String(err));
-}
+await finish(scenario, ({ run, screenshots }, totalMs) => ({
+  client: 'chromium-playwright-status-page',
+  version: `chromium ${run.browser} / playwright-core ${playwrightVersion()}`,
+  node: process.version,
+  ok: true,
+  seq: run.seq,
+  total_ms: totalMs,
+  screenshots,
+  runs: [run],
+}));
