@@ -127,8 +127,11 @@ func TestNATSGapRepair(t *testing.T) {
 	mustBPublish(t, a, "g", "1")
 	waitSeqs(t, rb, "g", 1, 1)
 	nt := b.topic(b.dPrefix + "g")
-	repairedBefore := b.repaired.Load() // the resync after connecting may have repaired 1
 	nt.mu.Lock()
+	// The resync after connecting may have repaired 1; it delivers under
+	// nt.mu and counts before releasing it, so read the count under nt.mu
+	// too (seq 1 can be seen delivered a moment before it is counted).
+	repairedBefore := b.repaired.Load()
 	if err := nt.sub.Unsubscribe(); err != nil {
 		t.Fatal(err)
 	}
