@@ -65,18 +65,7 @@ type Counters struct {
 // full. It reports whether m was queued (a conflated predecessor counts as
 // replaced, not lost).
 func (c *Conn) SendMessage(m *Message) bool {
-	c.mu.Lock()
-	if c.state.Load() != stateOpen {
-		c.mu.Unlock()
-		return false
-	}
-	if !c.enqueueLocked(m) {
-		return false // c.mu released: the disconnect policy closed c
-	}
-	a := c.flushLocked()
-	c.mu.Unlock()
-	c.deferAbort(a)
-	return a == actNone
+	return c.SendMessages([]*Message{m}) == 1
 }
 
 // SendMessages queues ms in order, as SendMessage does for each, and then
@@ -129,9 +118,8 @@ func (c *Conn) frameFor(m *Message) []byte {
 // connection open. It returns false, with c.mu released and the connection
 // closing, when the disconnect policy refused m.
 func (c *Conn) enqueueLocked(m *Message) bool {
-	frame := m.Frame
-	if c.flags&flagDeflate != 0 && m.Deflated != nil {
-		frame = m.Deflated
+	frame := c.frameFor(m)
+	if m.Deflated != nil && c.flags&flagDeflate != 0 {
 		c.cfg.counters().DeflatedSent.Add(1)
 	}
 	q := c.wq

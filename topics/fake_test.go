@@ -14,7 +14,7 @@ import (
 )
 
 // fakeSub is a Subscriber that records every message it accepts. It is safe
-// for concurrent use: the fan-out calls SendMessage from pool goroutines.
+// for concurrent use: the fan-out calls SendMessages from pool goroutines.
 type fakeSub struct {
 	deflate bool
 	refuse  atomic.Bool // SendMessage returns false and records nothing
@@ -28,16 +28,6 @@ type fakeSub struct {
 }
 
 var _ Subscriber = (*fakeSub)(nil)
-
-func (f *fakeSub) SendMessage(m *conn.Message) bool {
-	if f.refuse.Load() {
-		return false
-	}
-	f.mu.Lock()
-	f.msgs = append(f.msgs, m)
-	f.mu.Unlock()
-	return true
-}
 
 func (f *fakeSub) SendMessages(ms []*conn.Message) int {
 	if f.refuse.Load() {
@@ -85,7 +75,6 @@ type sinkSub struct {
 	n       int
 }
 
-func (s *sinkSub) SendMessage(*conn.Message) bool      { s.n++; return true }
 func (s *sinkSub) SendMessages(ms []*conn.Message) int { s.n += len(ms); return len(ms) }
 func (s *sinkSub) Deflate() bool                       { return s.deflate }
 

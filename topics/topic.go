@@ -152,13 +152,19 @@ func (t *Topic) assessLocked(since uint64) Recovery {
 	return rec
 }
 
+// replayLocked sends s the retained messages after since, in one
+// SendMessages call, and returns how many it took. t.mu must be held.
 func (t *Topic) replayLocked(s Subscriber, since uint64) int {
-	n := 0
+	var ms []*conn.Message
 	t.hist.each(func(e *entry) {
-		if e.seq > since && s.SendMessage(e.msg) {
-			n++
+		if e.seq > since {
+			ms = append(ms, e.msg)
 		}
 	})
+	if len(ms) == 0 {
+		return 0
+	}
+	n := s.SendMessages(ms)
 	t.r.Stats.Replayed.Add(int64(n))
 	return n
 }
@@ -255,7 +261,7 @@ func (r *Registry) enqueue(req *pubReq) *Topic {
 // them consecutive seqs and fans them out together: each subscriber gets
 // the batch in one SendMessages call, so a backlog of publishes to a busy
 // topic costs each subscriber one write instead of one per message. With
-// no backlog the batch is the caller's publish alone, served as before.
+// no backlog the batch is the caller's publish alone.
 // Every publisher left in the inbox is waiting for t.mu and serves the rest.
 // t.mu must be held.
 func (r *Registry) combineLocked(t *Topic) {
@@ -267,37 +273,51 @@ func (r *Registry) combineLocked(t *Topic) {
 	t.inbox = t.inbox[:rest]
 	t.qmu.Unlock()
 
-	if len(reqs) == 1 {
-		req := reqs[0]
+	now := r.now()
+	ms := t.batch[:0]
+	for _, req := range reqs {
 		t.seq++
-		req.res = r.emitLocked(t, req.p.Data, req.p.Binary, req.p.Key)
-		req.done = true
-	} else {
-		r.emitBatchLocked(t, reqs)
+		req.res.Seq = t.seq
+		ms = append(ms, r.recordLocked(t, req.p.Data, req.p.Binary, req.p.Key, now))
 	}
+	for i, n := range r.sendLocked(t, ms, now) {
+		reqs[i].res.Delivered = n
+		reqs[i].done = true
+	}
+	clear(ms)
+	t.batch = ms[:0]
 	r.Stats.Published.Add(int64(len(reqs)))
 	clear(reqs)
 	t.spare = reqs
 }
 
-// emitBatchLocked is emitLocked for several publishes at once: each gets
-// the next seq, is encoded once and retained, and every subscriber is sent
-// the whole batch in one call. t.mu must be held.
-func (r *Registry) emitBatchLocked(t *Topic, reqs []*pubReq) {
+// emitLocked encodes the message at t.seq once, retains it and fans it out.
+// t.mu must be held.
+func (r *Registry) emitLocked(t *Topic, data []byte, binary bool, key string) Result {
 	now := r.now()
-	t.lastActive = now
-	ms := t.batch[:0]
-	var bytes int64
-	for _, req := range reqs {
-		t.seq++
-		m := r.encode(t, t.seq, req.p.Data, req.p.Binary, req.p.Key)
-		t.rate.add(now)
-		if t.rule.HistorySize > 0 {
-			t.hist.push(t.seq, m, now)
-		}
-		req.res.Seq = t.seq
-		ms = append(ms, m)
+	ms := append(t.batch[:0], r.recordLocked(t, data, binary, key, now))
+	n := r.sendLocked(t, ms, now)[0]
+	clear(ms)
+	t.batch = ms[:0]
+	return Result{Seq: t.seq, Delivered: n}
+}
+
+// recordLocked encodes the message at t.seq once and retains it in the
+// history. t.mu must be held.
+func (r *Registry) recordLocked(t *Topic, data []byte, binary bool, key string, now int64) *conn.Message {
+	m := r.encode(t, t.seq, data, binary, key)
+	t.rate.add(now)
+	if t.rule.HistorySize > 0 {
+		t.hist.push(t.seq, m, now)
 	}
+	return m
+}
+
+// sendLocked sends ms, in order, to every subscriber of t in one
+// SendMessages call each, and returns how many subscribers took each
+// message (valid until the next call). t.mu must be held.
+func (r *Registry) sendLocked(t *Topic, ms []*conn.Message, now int64) []int {
+	t.lastActive = now
 	if t.rule.HistorySize > 0 {
 		t.hist.expire(now, t.rule.HistoryTTL)
 	}
@@ -306,41 +326,19 @@ func (r *Registry) emitBatchLocked(t *Topic, reqs []*pubReq) {
 	}
 	sent := t.sent[:len(ms)]
 	clear(sent)
-	r.fanoutBatch(t.subs, ms, sent)
+	r.fanout(t.subs, ms, sent)
 	// sent[k] subscribers took exactly k+1 messages; message i reached
 	// every subscriber that took more than i.
-	total := 0
-	for i := len(ms) - 1; i >= 0; i-- {
+	var delivered, bytes int64
+	for i, total := len(ms)-1, 0; i >= 0; i-- {
 		total += sent[i]
-		reqs[i].res.Delivered = total
-		reqs[i].done = true
+		sent[i] = total
+		delivered += int64(total)
 		bytes += int64(total) * int64(len(ms[i].Frame))
 	}
-	delivered := 0
-	for _, req := range reqs {
-		delivered += req.res.Delivered
-	}
-	r.Stats.Deliveries.Add(int64(delivered))
+	r.Stats.Deliveries.Add(delivered)
 	r.Stats.DeliveryBytes.Add(bytes)
-	clear(ms)
-	t.batch = ms[:0]
-}
-
-// emitLocked encodes the message at t.seq once, retains it and fans it out.
-// t.mu must be held.
-func (r *Registry) emitLocked(t *Topic, data []byte, binary bool, key string) Result {
-	m := r.encode(t, t.seq, data, binary, key)
-	now := r.now()
-	t.lastActive = now
-	t.rate.add(now)
-	if t.rule.HistorySize > 0 {
-		t.hist.push(t.seq, m, now)
-		t.hist.expire(now, t.rule.HistoryTTL)
-	}
-	n := r.fanout(t.subs, m)
-	r.Stats.Deliveries.Add(int64(n))
-	r.Stats.DeliveryBytes.Add(int64(n) * int64(len(m.Frame)))
-	return Result{Seq: t.seq, Delivered: n}
+	return sent
 }
 
 // encode builds the shared message for t at seq: the frame, encoded once,
@@ -369,89 +367,46 @@ func (r *Registry) encode(t *Topic, seq uint64, data []byte, binary bool, key st
 	return m
 }
 
-// fanout sends m to every subscriber in subs.
-func (r *Registry) fanout(subs []*Sub, m *conn.Message) int {
+// fanout sends ms to every subscriber in subs, and counts in sent[k-1] the
+// subscribers that took k messages. Up to ShardSize subscribers are served
+// inline; beyond, the publisher serves the first shard and the pool the
+// rest, each shard counting into its own part of one slice.
+func (r *Registry) fanout(subs []*Sub, ms []*conn.Message, sent []int) {
 	size := r.cfg.ShardSize
 	if len(subs) <= size {
-		return sendAll(subs, m)
-	}
-	var (
-		wg    sync.WaitGroup
-		total int64
-		mu    sync.Mutex
-	)
-	for start := size; start < len(subs); start += size {
-		part := subs[start:min(start+size, len(subs))]
-		wg.Add(1)
-		task := func() {
-			n := sendAll(part, m)
-			mu.Lock()
-			total += int64(n)
-			mu.Unlock()
-			wg.Done()
-		}
-		if err := r.pool.Submit(task); err != nil {
-			task() // pool released: serve it here
-		}
-	}
-	n := sendAll(subs[:size], m) // the publisher serves the first shard itself
-	wg.Wait()
-	return n + int(total)
-}
-
-// fanoutBatch sends ms to every subscriber in subs, sharded like fanout,
-// and counts in sent[k-1] the subscribers that took k messages.
-func (r *Registry) fanoutBatch(subs []*Sub, ms []*conn.Message, sent []int) {
-	size := r.cfg.ShardSize
-	if len(subs) <= size {
-		sendAllBatch(subs, ms, sent)
+		sendAll(subs, ms, sent)
 		return
 	}
-	var (
-		wg sync.WaitGroup
-		mu sync.Mutex
-	)
-	for start := size; start < len(subs); start += size {
-		part := subs[start:min(start+size, len(subs))]
+	shards := (len(subs) + size - 1) / size
+	counts := make([]int, (shards-1)*len(ms))
+	var wg sync.WaitGroup
+	for i := 1; i < shards; i++ {
+		part := subs[i*size : min((i+1)*size, len(subs))]
+		mine := counts[(i-1)*len(ms) : i*len(ms)]
 		wg.Add(1)
 		task := func() {
-			local := make([]int, len(ms))
-			sendAllBatch(part, ms, local)
-			mu.Lock()
-			for i, v := range local {
-				sent[i] += v
-			}
-			mu.Unlock()
+			sendAll(part, ms, mine)
 			wg.Done()
 		}
 		if err := r.pool.Submit(task); err != nil {
 			task() // pool released: serve it here
 		}
 	}
-	mine := make([]int, len(ms))
-	sendAllBatch(subs[:size], ms, mine) // the publisher serves the first shard itself
+	sendAll(subs[:size], ms, sent) // the publisher serves the first shard itself
 	wg.Wait()
-	for i, v := range mine {
-		sent[i] += v
+	for i, v := range counts {
+		sent[i%len(ms)] += v
 	}
 }
 
-func sendAllBatch(subs []*Sub, ms []*conn.Message, sent []int) {
+// sendAll sends ms to each of subs in one call and counts in sent[k-1] the
+// subscribers that took k messages.
+func sendAll(subs []*Sub, ms []*conn.Message, sent []int) {
 	for _, s := range subs {
 		if k := s.s.SendMessages(ms); k > 0 {
 			sent[k-1]++
 		}
 	}
-}
-
-func sendAll(subs []*Sub, m *conn.Message) int {
-	n := 0
-	for _, s := range subs {
-		if s.s.SendMessage(m) {
-			n++
-		}
-	}
-	return n
 }
 
 // framePayload returns the payload of a complete unmasked server frame.

@@ -32,10 +32,9 @@ const MaxHistory = 100_000
 
 // Subscriber is a connection as the registry sees it. *conn.Conn implements it.
 type Subscriber interface {
-	// SendMessage queues m without blocking; m is shared and read-only.
-	SendMessage(m *conn.Message) bool
 	// SendMessages queues ms in order without blocking and writes them
-	// together; it returns how many, from the first, were queued.
+	// together; it returns how many, from the first, were queued. The
+	// messages are shared and read-only.
 	SendMessages(ms []*conn.Message) int
 	// Deflate reports whether the subscriber negotiated permessage-deflate.
 	Deflate() bool
