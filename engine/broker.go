@@ -125,7 +125,7 @@ func (e *Engine) brokerCollectors() []prometheus.Collector {
 		counter("surge_broker_received_total", "Messages the broker delivered to this node.", func(st topics.BrokerStats) int64 { return st.Received }),
 		counter("surge_broker_duplicates_total", "Broker messages received twice and dropped.", func(st topics.BrokerStats) int64 { return st.Duplicates }),
 		counter("surge_broker_repaired_total", "Messages fetched from the stream to fill a delivery gap.", func(st topics.BrokerStats) int64 { return st.Repaired }),
-		counter("surge_broker_lost_total", "Delivery gaps that could not be filled.", func(st topics.BrokerStats) int64 { return st.Lost }),
+		counter("surge_broker_lost_total", "Messages of a delivery gap no longer retained by the stream.", func(st topics.BrokerStats) int64 { return st.Lost }),
 		counter("surge_broker_conflicts_total", "Publishes retried because another node took the seq first.", func(st topics.BrokerStats) int64 { return st.Conflicts }),
 		counter("surge_broker_reconnects_total", "Broker connections re-established.", func(st topics.BrokerStats) int64 { return st.Reconnects }),
 	}

@@ -72,7 +72,7 @@ type BrokerStats struct {
 	Received   int64  `json:"received"`   // messages delivered to this node (including repairs)
 	Duplicates int64  `json:"duplicates"` // messages received twice and dropped
 	Repaired   int64  `json:"repaired"`   // messages fetched from the stream to fill a gap
-	Lost       int64  `json:"lost"`       // gaps that could not be filled (no longer retained or broker errors)
+	Lost       int64  `json:"lost"`       // messages of a gap no longer retained by the stream
 	Conflicts  int64  `json:"conflicts"`  // publishes retried because another node published first
 	Reconnects int64  `json:"reconnects"` // connections re-established
 	Topics     int    `json:"topics"`     // topics this node is subscribed to

@@ -818,8 +818,12 @@ func (b *NATSBroker) handle(m *nats.Msg) {
 		return
 	}
 	if nt.synced && (d.Epoch != nt.epoch || sseq > nt.stream) {
-		if prev, err := strconv.ParseUint(m.Header.Get(hdrPrevSq), 10, 64); err == nil && prev != nt.stream {
-			b.catchUpLocked(nt, sseq, d.Epoch)
+		if prev, err := strconv.ParseUint(m.Header.Get(hdrPrevSq), 10, 64); err == nil && prev != nt.stream &&
+			!b.catchUpLocked(nt, sseq, d.Epoch) {
+			// The gap could not be read now: hold this message back too,
+			// so the next resync delivers the gap and it in order.
+			b.resyncAll.Store(true)
+			return
 		}
 	}
 	b.acceptLocked(nt, d, sseq)
@@ -838,20 +842,20 @@ func (b *NATSBroker) acceptLocked(nt *natsTopic, d Delivery, sseq uint64) bool {
 }
 
 // catchUpLocked delivers the stored messages of nt this node has not seen
-// and that precede stream sequence before. nt.mu must be held.
-func (b *NATSBroker) catchUpLocked(nt *natsTopic, before uint64, epoch string) {
+// and that precede stream sequence before; false when the stream could not
+// be read. nt.mu must be held.
+func (b *NATSBroker) catchUpLocked(nt *natsTopic, before uint64, epoch string) bool {
 	from := nt.stream + 1
 	if epoch != nt.epoch {
 		from = 0 // a new lifetime (or a new stream): look at all that is kept
 	}
 	if from >= before {
-		return
+		return true
 	}
 	msgs, err := b.fetch(context.Background(), nt.tSubj, from, b.cfg.HistorySize)
 	if err != nil {
-		b.lost.Add(1)
-		b.log.Warn("broker: cannot fill a gap from the stream", "topic", nt.name, "err", err)
-		return
+		b.log.Warn("broker: cannot fill a gap from the stream yet; retrying", "topic", nt.name, "err", err)
+		return false
 	}
 	n := 0
 	for _, m := range msgs {
@@ -859,11 +863,15 @@ func (b *NATSBroker) catchUpLocked(nt *natsTopic, before uint64, epoch string) {
 		if !ok || sseq >= before {
 			continue
 		}
+		if nt.synced && d.Epoch == nt.epoch && d.Seq > nt.last+1 {
+			b.lost.Add(int64(d.Seq - nt.last - 1)) // no longer retained
+		}
 		if b.acceptLocked(nt, d, sseq) {
 			n++
 		}
 	}
 	b.repaired.Add(int64(n))
+	return true
 }
 
 // resync compares a subscribed topic with its last stored message and
@@ -889,9 +897,14 @@ func (b *NATSBroker) resync(dSubj string) {
 	d.Topic = nt.name
 	switch {
 	case !nt.synced:
-		b.acceptLocked(nt, d, sseq) // no position yet: start from the newest
+		// No position yet (Subscribe is reading it, or could not): start
+		// after the newest stored message. Delivering it here would hand
+		// the subscriber a message its Subscribe position says it has.
+		nt.synced, nt.last, nt.stream, nt.epoch = true, d.Seq, sseq, d.Epoch
 	case d.Epoch != nt.epoch || sseq > nt.stream:
-		b.catchUpLocked(nt, sseq+1, d.Epoch)
+		if !b.catchUpLocked(nt, sseq+1, d.Epoch) {
+			b.resyncAll.Store(true) // try again on the next tick
+		}
 	}
 }
 
