@@ -146,26 +146,9 @@ func mainIdle(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "surge load idle: %v\n", err)
 		return exitUsage
 	}
-	summary := stdout
-	if out == "-" {
-		summary = stderr
-	}
-	writeIdleSummary(summary, rep)
-	if out != "" {
-		if werr := writeReport(out, stdout, rep); werr != nil {
-			fmt.Fprintf(stderr, "surge load idle: %v\n", werr)
-			return exitFail
-		}
-	}
-	if htmlOut != "" {
-		if werr := writeHTMLFile(htmlOut, idleHTML(rep)); werr != nil {
-			fmt.Fprintf(stderr, "surge load idle: %v\n", werr)
-			return exitFail
-		}
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "surge load idle: %v\n", err)
-		return exitFail
+	if code := writeOutputs("surge load idle", stdout, stderr, out, htmlOut, rep,
+		func(w io.Writer) { writeIdleSummary(w, rep) }, func() htmlReport { return idleHTML(rep) }, err); code != exitOK {
+		return code
 	}
 	if rep.FailRatio > maxFailRatio {
 		fmt.Fprintf(stderr, "surge load idle: fail ratio %.4f is above --max-fail-ratio %.4f\n", rep.FailRatio, maxFailRatio)
@@ -256,26 +239,9 @@ func mainFanout(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "surge load fanout: %v\n", err)
 		return exitUsage
 	}
-	summary := stdout
-	if out == "-" {
-		summary = stderr
-	}
-	writeFanoutSummary(summary, rep)
-	if out != "" {
-		if werr := writeReport(out, stdout, rep); werr != nil {
-			fmt.Fprintf(stderr, "surge load fanout: %v\n", werr)
-			return exitFail
-		}
-	}
-	if htmlOut != "" {
-		if werr := writeHTMLFile(htmlOut, fanoutHTML(rep)); werr != nil {
-			fmt.Fprintf(stderr, "surge load fanout: %v\n", werr)
-			return exitFail
-		}
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "surge load fanout: %v\n", err)
-		return exitFail
+	if code := writeOutputs("surge load fanout", stdout, stderr, out, htmlOut, rep,
+		func(w io.Writer) { writeFanoutSummary(w, rep) }, func() htmlReport { return fanoutHTML(rep) }, err); code != exitOK {
+		return code
 	}
 	return fanoutVerdict(rep, maxFailRatio, stderr)
 }
@@ -322,6 +288,37 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// writeOutputs ends a scenario's run: the human summary on stdout (on
+// stderr when the JSON report goes to stdout), the JSON report to out and
+// the HTML page to htmlOut when asked for. It returns exitFail when a file
+// could not be written or the run ended with runErr, else exitOK; what is
+// left is the scenario's own verdict.
+func writeOutputs(prog string, stdout, stderr io.Writer, out, htmlOut string, rep any,
+	summary func(io.Writer), page func() htmlReport, runErr error) int {
+	w := stdout
+	if out == "-" {
+		w = stderr
+	}
+	summary(w)
+	if out != "" {
+		if err := writeReport(out, stdout, rep); err != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", prog, err)
+			return exitFail
+		}
+	}
+	if htmlOut != "" {
+		if err := writeHTMLFile(htmlOut, page()); err != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", prog, err)
+			return exitFail
+		}
+	}
+	if runErr != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", prog, runErr)
+		return exitFail
+	}
+	return exitOK
 }
 
 // writeReport writes rep as indented JSON to path, or to stdout for "-".

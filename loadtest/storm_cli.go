@@ -122,26 +122,9 @@ func mainStorm(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "surge load storm: %v\n", err)
 		return exitUsage
 	}
-	summary := stdout
-	if out == "-" {
-		summary = stderr
-	}
-	writeStormSummary(summary, rep)
-	if out != "" {
-		if werr := writeReport(out, stdout, rep); werr != nil {
-			fmt.Fprintf(stderr, "surge load storm: %v\n", werr)
-			return exitFail
-		}
-	}
-	if htmlOut != "" {
-		if werr := writeHTMLFile(htmlOut, stormHTML(rep)); werr != nil {
-			fmt.Fprintf(stderr, "surge load storm: %v\n", werr)
-			return exitFail
-		}
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "surge load storm: %v\n", err)
-		return exitFail
+	if code := writeOutputs("surge load storm", stdout, stderr, out, htmlOut, rep,
+		func(w io.Writer) { writeStormSummary(w, rep) }, func() htmlReport { return stormHTML(rep) }, err); code != exitOK {
+		return code
 	}
 	return stormVerdict(rep, maxFailRatio, stderr)
 }
